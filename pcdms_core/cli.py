@@ -1,0 +1,174 @@
+"""Command line: ``python -m pcdms_core generate | convert | inspect``.
+
+    python -m pcdms_core generate --source person.png --source-pose person.json --target-pose pose.json \\
+        --prior s1_512.pt --inpaint s2_512.pt --refine s3_512.pt \\
+        --clip CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors --dino dinov2-giant/ --vae sd21-base-vae/ \\
+        --out result.png
+    python -m pcdms_core convert s2_512.pt s2_512.safetensors
+    python -m pcdms_core inspect s2_512.pt PCDMs_ckpt.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .errors import PCDMsError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("x", " ").split()
+    if len(parts) == 1:
+        return int(parts[0]), int(parts[0])
+    if len(parts) == 2:
+        return int(parts[0]), int(parts[1])
+    raise argparse.ArgumentTypeError(f"size must be N or WxH, got {text!r}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pcdms_core", description="PCDMs: put a person into a new pose.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="run the stages on a source image and two poses, write PNGs")
+    g.add_argument("--source", required=True, help="source person image")
+    g.add_argument("--source-pose", required=True, help="source pose: POSE_KEYPOINT/OpenPose .json or DeepFashion .txt")
+    g.add_argument("--target-pose", required=True, help="target pose: .json / .txt keypoints, or a skeleton image (.png/.jpg; demo checkpoint only)")
+    g.add_argument("--person", default="largest", help="which person of a multi-person pose: an index or 'largest'")
+    g.add_argument("--inpaint", required=True, help="stage-2 checkpoint (paper s2_*.pt or demo PCDMs_ckpt.pt, or .safetensors)")
+    g.add_argument("--prior", help="stage-1 checkpoint (needed by the paper stage 2)")
+    g.add_argument("--refine", help="stage-3 checkpoint (optional)")
+    g.add_argument("--clip", help="CLIP ViT-H/14 vision model (file or transformers folder; needed with --prior)")
+    g.add_argument("--dino", required=True, help="DINOv2-giant (file or transformers folder)")
+    g.add_argument("--vae", required=True, help="SD 2.1-base VAE (diffusers folder or single file)")
+    g.add_argument("--prior-config", help="config.json for a non-official-size prior")
+    g.add_argument("--inpaint-config", help="config.json for a non-official-size stage-2 UNet")
+    g.add_argument("--refine-config", help="config.json for a non-official-size stage-3 UNet")
+    g.add_argument("--out", required=True, help="output PNG; with several images _1, _2, ... are appended")
+    g.add_argument("--coarse-out", help="also write stage 2's coarse image here")
+    g.add_argument("--size", type=_size, default=(512, 512), help="working size per half, N or WxH (default 512)")
+    g.add_argument("--prior-size", type=_size, default=(512, 512), help="CLIP input stretch for the prior (default 512)")
+    g.add_argument("--keep-square", action="store_true", help="write the working size instead of the source's aspect")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--num-images", type=int, default=1)
+    for stage in ("prior", "inpaint", "refine"):
+        g.add_argument(f"--{stage}-steps", type=int)
+        g.add_argument(f"--{stage}-guidance", type=float)
+        g.add_argument(f"--{stage}-scheduler")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    g.add_argument("--quiet", action="store_true")
+
+    c = sub.add_parser("convert", help="official .pt to .safetensors (stage, variant and config in the metadata)")
+    c.add_argument("src")
+    c.add_argument("dst", nargs="?")
+    c.add_argument("--config", help="config.json for a non-official-size network")
+    c.add_argument("--dtype", choices=["keep"] + sorted(DTYPES), default="keep")
+
+    i = sub.add_parser("inspect", help="say what a PCDMs checkpoint is")
+    i.add_argument("files", nargs="+")
+    i.add_argument("--config", help="config.json to resolve against")
+    return p
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    last = {"stage": None, "t": time.time()}
+
+    def report(stage: str, info) -> None:
+        if stage != last["stage"]:
+            last["stage"], last["t"] = stage, time.time()
+        end = "\n" if info.step + 1 == info.total else ""
+        print(f"\r{stage}: step {info.step + 1}/{info.total} ({time.time() - last['t']:.1f} s)", end=end,
+              file=sys.stderr, flush=True)
+
+    return report
+
+
+def _load_target_pose(path: str, person):
+    from .images import as_uint8_batch
+    from .pose import load_pose
+    from PIL import Image
+
+    if Path(path).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
+        return as_uint8_batch(Image.open(path))
+    return load_pose(path, person=person)
+
+
+def _generate(args) -> int:
+    from PIL import Image
+
+    from . import images as im
+    from .pipeline import PCDMsPipeline, StageSettings
+    from .pose import load_pose
+
+    person = int(args.person) if args.person.lstrip("-").isdigit() else args.person
+    configs = {"prior": args.prior_config, "inpaint": args.inpaint_config, "refine": args.refine_config}
+    pipe = PCDMsPipeline.from_files(
+        inpaint=args.inpaint, vae=args.vae, dino=args.dino, prior=args.prior, clip=args.clip, refine=args.refine,
+        configs={k: v for k, v in configs.items() if v}, dtype=DTYPES[args.dtype], device=args.device,
+    )
+    source = Image.open(args.source).convert("RGB")
+    result = pipe(
+        source,
+        load_pose(args.source_pose, person=person),
+        _load_target_pose(args.target_pose, person),
+        size=args.size,
+        prior_size=args.prior_size,
+        seed=args.seed,
+        num_images=args.num_images,
+        prior_settings=StageSettings(args.prior_steps, args.prior_guidance, args.prior_scheduler),
+        inpaint_settings=StageSettings(args.inpaint_steps, args.inpaint_guidance, args.inpaint_scheduler),
+        refine_settings=StageSettings(args.refine_steps, args.refine_guidance, args.refine_scheduler),
+        callback=_progress(args.quiet),
+    )
+
+    def write(batch: torch.Tensor, out: str) -> None:
+        out_path = Path(out)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        pictures = im.to_pil(batch)
+        for k, pic in enumerate(pictures):
+            if not args.keep_square:
+                pic = pic.resize(source.size, Image.BICUBIC)
+            target = out_path if len(pictures) == 1 else out_path.with_name(f"{out_path.stem}_{k + 1}{out_path.suffix}")
+            pic.save(target)
+            print(target)
+
+    write(result.images, args.out)
+    if args.coarse_out:
+        write(result.coarse, args.coarse_out)
+    return 0
+
+
+def _convert(args) -> int:
+    from .checkpoints import convert_checkpoint
+
+    dtype = None if args.dtype == "keep" else DTYPES[args.dtype]
+    print(convert_checkpoint(args.src, args.dst, config=args.config, dtype=dtype))
+    return 0
+
+
+def _inspect(args) -> int:
+    from .checkpoints import describe, inspect_checkpoint
+
+    for k, f in enumerate(args.files):
+        if k:
+            print()
+        print(describe(inspect_checkpoint(f, config=args.config)))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"generate": _generate, "convert": _convert, "inspect": _inspect}[args.command](args)
+    except PCDMsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

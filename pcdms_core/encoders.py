@@ -1,0 +1,230 @@
+"""Image encoders with the official PCDMs preprocessing (spec §1.3, §2.4, §10 items 9-10).
+
+* The prior reads the CLIP ViT-H/14 ``image_embeds`` (1024 values) of the source.
+* Stages 2 and 3 read the DINOv2-giant ``last_hidden_state`` (257 tokens x 1536) of the source.
+
+Both encoders get the *same* pixels: the image stretched to the stage's working size (512 x 512 by default)
+with PIL bicubic, resized so its short side is 224 (PIL bicubic), centre-cropped to 224 x 224, scaled by
+1/255 in float64, then normalised with the OpenAI CLIP mean and std in float32. That is transformers
+4.3x's ``CLIPImageProcessor()``, written out here so it does not drift when transformers changes its image
+backend, and it is also what the official code feeds DINOv2 (not DINOv2's ImageNet statistics).
+
+The networks themselves are in ``vit`` (transformers 4.x weight layout, 4.3x's DINOv2 position
+interpolation).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+
+from . import images as im
+from .errors import CheckpointError
+from .vit import ClipVision, ClipVisionConfig, Dinov2, Dinov2Config
+from .weights import WeightFile, empty_weights, folder_weight_file, open_weights, read_json, strict_load
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CROP = 224
+
+
+def _short_side_size(width: int, height: int, short: int = CROP) -> tuple[int, int]:
+    """(W, H) with the short side ``short`` and the long side scaled and truncated (transformers 4.3x)."""
+    if width <= height:
+        return short, int(short * height / width)
+    return int(short * width / height), short
+
+
+def clip_crop_u8(images, stretch: Optional[tuple[int, int]] = (512, 512)) -> torch.Tensor:
+    """uint8 ``[B, 3, 224, 224]``: optional stretch to ``stretch`` = (W, H), short side to 224, centre crop."""
+    u8 = im.as_uint8_batch(images)
+    if stretch is not None:
+        u8 = im.resize_u8(u8, tuple(stretch))
+    out = []
+    for img in im.to_pil(u8):
+        w, h = _short_side_size(*img.size)
+        img = img.resize((w, h), Image.BICUBIC)
+        top, left = (h - CROP) // 2, (w - CROP) // 2
+        out.append(img.crop((left, top, left + CROP, top + CROP)))
+    return im.as_uint8_batch(out)
+
+
+def clip_normalize(crop_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 crops to model pixels: x (1/255) in float64, to float32, minus mean, over std (float32)."""
+    x = (crop_u8.double() * (1 / 255)).float()
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def preprocess(images, stretch: Optional[tuple[int, int]] = (512, 512)) -> torch.Tensor:
+    """The official encoder input ``[B, 3, 224, 224]`` float32 for any accepted image form."""
+    return clip_normalize(clip_crop_u8(images, stretch))
+
+
+class ImageEncoder(nn.Module):
+    """CLIP's vision tower (``kind="clip"``, gives ``image_embeds``) or DINOv2 (``kind="dinov2"``, gives
+    ``last_hidden_state``), with the official preprocessing."""
+
+    def __init__(self, model: nn.Module, kind: str):
+        super().__init__()
+        if kind not in ("clip", "dinov2"):
+            raise ValueError(f"unknown encoder kind {kind!r}")
+        self.kind = kind
+        self.model = model
+
+    @property
+    def output_dim(self) -> int:
+        return self.model.output_dim
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        p = next(self.model.parameters())
+        return self.model(pixel_values.to(device=p.device, dtype=p.dtype))
+
+    @torch.no_grad()
+    def encode(self, images, stretch: Optional[tuple[int, int]] = (512, 512)) -> torch.Tensor:
+        """Encode an image batch: CLIP ``[B, 1024]`` embeddings or DINOv2 ``[B, 257, 1536]`` tokens."""
+        return self(preprocess(images, stretch))
+
+
+# --- loading -------------------------------------------------------------------------------------------------------
+
+ENCODER_NAMES = {"clip": "a CLIP vision model (CLIP ViT-H/14)", "dinov2": "DINOv2 (dinov2-giant)"}
+CLIP_PREFIXES = ("vision_model.", "visual_projection.")
+_CLIP_HEADS = {768: 12, 1024: 16, 1280: 16, 1664: 16}
+_DINO_HEADS = {384: 6, 768: 12, 1024: 16, 1536: 24}
+TOLERATED_EXTRA = ("vision_model.embeddings.position_ids",)
+
+
+def sniff_encoder_kind(keys) -> Optional[str]:
+    """"clip", "dinov2", "openclip" (OpenCLIP's own layout) or None, from the tensor names."""
+    ks = set(keys)
+    if any(k.startswith("vision_model.embeddings.") for k in ks):
+        return "clip"
+    if "embeddings.cls_token" in ks and any(k.startswith("encoder.layer.") for k in ks):
+        return "dinov2"
+    if any(k.startswith("visual.transformer.") for k in ks):
+        return "openclip"
+    return None
+
+
+def _count(keys, prefix: str) -> int:
+    return len({k[len(prefix):].split(".")[0] for k in keys if k.startswith(prefix)})
+
+
+def clip_config_from_weights(w: WeightFile, hints: dict) -> ClipVisionConfig:
+    """Sizes from the tensor shapes; heads, activation and eps from ``hints`` (a config.json) or the
+    standard CLIP models (OpenAI ViT-B/L use quick_gelu, OpenCLIP ViT-H/bigG gelu)."""
+    hidden = int(w.shapes["vision_model.embeddings.class_embedding"][0])
+    patch = int(w.shapes["vision_model.embeddings.patch_embedding.weight"][-1])
+    positions = int(w.shapes["vision_model.embeddings.position_embedding.weight"][0])
+    layers = _count(w, "vision_model.encoder.layers.")
+    openai_like = hidden in (768, 1024) and layers in (12, 24)
+    return ClipVisionConfig(
+        hidden_size=hidden,
+        intermediate_size=int(w.shapes["vision_model.encoder.layers.0.mlp.fc1.weight"][0]),
+        num_hidden_layers=layers,
+        num_attention_heads=int(hints.get("num_attention_heads", _CLIP_HEADS.get(hidden, max(1, hidden // 64)))),
+        patch_size=patch,
+        image_size=int(round(math.sqrt(positions - 1))) * patch,
+        projection_dim=int(w.shapes["visual_projection.weight"][0]),
+        hidden_act=hints.get("hidden_act", "quick_gelu" if openai_like else "gelu"),
+        layer_norm_eps=float(hints.get("layer_norm_eps", 1e-5)),
+    )
+
+
+def dinov2_config_from_weights(w: WeightFile, hints: dict) -> Dinov2Config:
+    hidden = int(w.shapes["embeddings.cls_token"][-1])
+    patch = int(w.shapes["embeddings.patch_embeddings.projection.weight"][-1])
+    positions = int(w.shapes["embeddings.position_embeddings"][1])
+    swiglu = "encoder.layer.0.mlp.weights_in.weight" in w
+    mlp_key = "encoder.layer.0.mlp.weights_out.weight" if swiglu else "encoder.layer.0.mlp.fc2.weight"
+    return Dinov2Config(
+        hidden_size=hidden,
+        num_hidden_layers=_count(w, "encoder.layer."),
+        num_attention_heads=int(hints.get("num_attention_heads", _DINO_HEADS.get(hidden, max(1, hidden // 64)))),
+        patch_size=patch,
+        image_size=int(round(math.sqrt(positions - 1))) * patch,
+        mlp_hidden_size=int(w.shapes[mlp_key][1]),
+        use_swiglu_ffn=swiglu,
+        hidden_act=hints.get("hidden_act", "gelu"),
+        layer_norm_eps=float(hints.get("layer_norm_eps", 1e-6)),
+        qkv_bias="encoder.layer.0.attention.attention.query.bias" in w,
+        use_mask_token="embeddings.mask_token" in w,
+    )
+
+
+def _config_hints(path: Path) -> dict:
+    """Settings from a transformers config.json (a full CLIPModel's vision part is used)."""
+    cfg = read_json(path)
+    if isinstance(cfg.get("vision_config"), dict):
+        cfg = {**cfg["vision_config"], "projection_dim": cfg.get("projection_dim")}
+    return {k: v for k, v in cfg.items() if v is not None}
+
+
+def _resolve(path: Path) -> tuple[WeightFile, Optional[Path]]:
+    """Weights and the config file that goes with them (a folder's config.json, or one beside the file)."""
+    if path.is_dir():
+        weights = folder_weight_file(path, ("model", "pytorch_model"))
+        if weights is None:
+            raise CheckpointError(f"{path} has no model.safetensors or pytorch_model.bin")
+        cfg = path / "config.json"
+        return open_weights(weights), cfg if cfg.exists() else None
+    for cand in (path.with_suffix(".json"), path.with_name(path.stem + ".config.json")):
+        if cand.exists():
+            return open_weights(path), cand
+    return open_weights(path), None
+
+
+def load_image_encoder(
+    path,
+    kind: Optional[str] = None,
+    *,
+    config: Optional[dict] = None,
+    dtype: Optional[torch.dtype] = None,
+    device=None,
+) -> ImageEncoder:
+    """Load CLIP's vision tower or DINOv2 from a transformers folder or a single weight file.
+
+    The kind is told from the tensor names (``kind`` only checks it). Sizes come from the tensor shapes; the
+    number of heads, activation and eps from ``config``, a config.json (the folder's, or ``<name>.json``
+    beside a file), or the standard models' values.
+    """
+    path = Path(path)
+    weights, config_path = _resolve(path)
+    found = sniff_encoder_kind(weights)
+    if found == "openclip":
+        raise CheckpointError(
+            f"{path.name} is in OpenCLIP's own key layout. Use the transformers-format file instead, e.g. "
+            "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors (h94/IP-Adapter models/image_encoder/model.safetensors, "
+            "or laion/CLIP-ViT-H-14-laion2B-s32B-b79K model.safetensors) in models/clip_vision."
+        )
+    if found is None:
+        raise CheckpointError(
+            f"{path.name} is not a CLIP vision or DINOv2 model ({len(weights)} tensors, e.g. "
+            f"{', '.join(list(weights)[:3])}). PCDMs needs CLIP ViT-H/14 (prior) and DINOv2-giant (stages 2 and 3)."
+        )
+    if kind is not None and found != kind:
+        raise CheckpointError(
+            f"{path.name} is {ENCODER_NAMES[found]}, but {ENCODER_NAMES[kind]} was asked for: pick the other file"
+        )
+    hints = dict(config) if config is not None else (_config_hints(config_path) if config_path else {})
+    with empty_weights():
+        if found == "clip":
+            model: nn.Module = ClipVision(clip_config_from_weights(weights, hints))
+        else:
+            model = Dinov2(dinov2_config_from_weights(weights, hints))
+    # A full CLIPModel file also holds the text tower: only the vision part is read.
+    names = [k for k in weights if k not in TOLERATED_EXTRA and (found != "clip" or k.startswith(CLIP_PREFIXES))]
+    strict_load(
+        model, weights, names, dtype=dtype, describe=ENCODER_NAMES[found],
+        fix="Put the model's transformers config.json beside the file, or use its transformers folder.",
+    )
+    if device is not None:
+        model.to(device)
+    return ImageEncoder(model, found)

@@ -1,0 +1,131 @@
+"""Image conventions and the conversions the official preprocessing relies on.
+
+Inside ``pcdms_core`` an image batch is a float tensor ``[B, 3, H, W]`` with values in [0, 1] (ComfyUI's
+``IMAGE`` is the same data as ``[B, H, W, 3]``; the nodes permute). The official code works on 8-bit PIL
+images: every resize is PIL bicubic on 8-bit pixels, and model inputs are ``(u8 / 255 - 0.5) / 0.5``.
+These helpers reproduce exactly that, so a tensor that holds 8-bit values gives the official numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InputError
+
+ImageLike = Union[Image.Image, np.ndarray, torch.Tensor, Sequence[Image.Image]]
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats to uint8 the way diffusers' postprocess does it: clamp, x 255 in fp32, round half to even."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def as_uint8_batch(images: ImageLike) -> torch.Tensor:
+    """Any accepted image form to a uint8 tensor ``[B, 3, H, W]``.
+
+    Accepted: a PIL image or a list of them; a numpy array ``[H, W, C]`` or ``[B, H, W, C]`` (uint8, or floats
+    in [0, 1]); a tensor ``[B, 3, H, W]`` or ``[3, H, W]`` (uint8, or floats in [0, 1]). RGBA drops alpha and
+    grayscale is repeated to RGB.
+    """
+    if isinstance(images, Image.Image):
+        return _pil_to_tensor(images)[None]
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise InputError("an empty list of images was given")
+        batches = [as_uint8_batch(im) for im in images]
+        sizes = {tuple(b.shape[-2:]) for b in batches}
+        if len(sizes) > 1:
+            raise InputError(f"the images of one batch must share a size, got {sorted(sizes)}")
+        return torch.cat(batches)
+    if isinstance(images, np.ndarray):
+        arr = images
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4:
+            raise InputError(f"a numpy image must be [H, W, C] or [B, H, W, C], got shape {images.shape}")
+        images = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
+    if not torch.is_tensor(images):
+        raise InputError(f"unsupported image type {type(images).__name__}: give a PIL image, an array or a tensor")
+    x = images
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise InputError(f"an image tensor must be [B, C, H, W] or [C, H, W], got shape {tuple(images.shape)}")
+    channels = x.shape[1]
+    if channels == 1:
+        x = x.expand(-1, 3, -1, -1)
+    elif channels == 4:
+        x = x[:, :3]
+    elif channels != 3:
+        raise InputError(
+            f"an image tensor needs 1, 3 or 4 channels in dim 1 ([B, C, H, W]), got shape {tuple(images.shape)}"
+        )
+    if x.dtype == torch.uint8:
+        return x.contiguous()
+    if not torch.is_floating_point(x):
+        raise InputError(f"image values must be uint8 or floats in [0, 1], got dtype {x.dtype}")
+    return to_uint8(x)
+
+
+def as_float_batch(images: ImageLike) -> torch.Tensor:
+    """Any accepted image form to floats ``[B, 3, H, W]`` in [0, 1] (float inputs are kept as they are)."""
+    if torch.is_tensor(images) and torch.is_floating_point(images) and images.ndim == 4 and images.shape[1] == 3:
+        return images.float().clamp(0, 1)
+    return as_uint8_batch(images).float() / 255.0
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    u8 = images if images.dtype == torch.uint8 else to_uint8(images)
+    if u8.ndim == 3:
+        u8 = u8[None]
+    return [Image.fromarray(im.permute(1, 2, 0).cpu().numpy()) for im in u8]
+
+
+def resize_u8(images: torch.Tensor, size: tuple[int, int], resample=Image.BICUBIC) -> torch.Tensor:
+    """PIL resize of a uint8 batch to ``size = (width, height)`` (the official stretch: no crop, no pad)."""
+    w, h = size
+    if tuple(images.shape[-2:]) == (h, w):
+        return images
+    out = [
+        _pil_to_tensor(Image.fromarray(im.permute(1, 2, 0).cpu().numpy()).resize((w, h), resample))
+        for im in images
+    ]
+    return torch.stack(out)
+
+
+def to_model_range(u8: torch.Tensor) -> torch.Tensor:
+    """uint8 to the [-1, 1] model input, op for op like ToTensor + Normalize([0.5], [0.5])."""
+    return u8.float().div(255).sub(0.5).div(0.5)
+
+
+def side_by_side(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Concatenate two equal-sized batches along the width (the stage-2 canvas)."""
+    if left.shape != right.shape:
+        raise InputError(f"side-by-side halves differ in shape: {tuple(left.shape)} vs {tuple(right.shape)}")
+    return torch.cat([left, right], dim=-1)
+
+
+def check_size(size: Iterable[int], multiple: int, what: str) -> tuple[int, int]:
+    """A ``(width, height)`` pair of positive multiples of ``multiple``."""
+    try:
+        w, h = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a (width, height) pair, got {size!r}") from None
+    if w <= 0 or h <= 0 or w % multiple or h % multiple:
+        raise InputError(
+            f"{what} {w}x{h} is not usable: width and height must be positive multiples of {multiple} "
+            f"for these models (for example {max(multiple, (w // multiple) * multiple)}x"
+            f"{max(multiple, (h // multiple) * multiple)})"
+        )
+    return w, h

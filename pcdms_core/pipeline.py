@@ -1,0 +1,163 @@
+"""The three stages chained: source image, source pose, target pose -> the person in the target pose.
+
+    source ──CLIP──> prior(source embedding, source pose, target pose) ──> target embedding
+    source ──DINOv2 (once)──┬──> inpaint(source, [source pose | target pose] skeletons, target embedding) ──> coarse
+                            └──> refine(coarse) ──> image
+
+Each stage is also a function of its own (``prior.sample_prior``, ``inpaint.sample_inpaint``,
+``refine.sample_refine``); this module only wires them, computing the source's DINOv2 tokens once for
+stages 2 and 3. With the demo checkpoint (no prior) the prior and CLIP are skipped, and the target pose may
+be an image (for example a DWPose rendering).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+import torch
+
+from . import images as im
+from .checkpoints import load_checkpoint
+from .encoders import ImageEncoder, load_image_encoder
+from .errors import InputError
+from .inpaint import InpaintModel, sample_inpaint
+from .pose import Pose, pose_vector, render_pose
+from .prior import PriorTransformer, sample_prior
+from .refine import RefineModel, sample_refine
+from .sampling import SeedLike, StepInfo
+from .vae import load_vae
+
+PoseInput = Union[Pose, torch.Tensor]
+StageCallback = Callable[[str, StepInfo], None]
+
+
+@dataclass
+class StageSettings:
+    """Sampler settings of one stage; ``None`` means the official default for that stage."""
+
+    steps: Optional[int] = None
+    guidance_scale: Optional[float] = None
+    scheduler: Optional[str] = None
+    seed: SeedLike = None
+
+
+@dataclass
+class PipelineResult:
+    images: torch.Tensor  # [N, 3, H, W] in [0, 1]: refined (or coarse when there is no stage 3)
+    coarse: torch.Tensor  # stage 2's target half, [N, 3, H, W]
+    prior_embedding: Optional[torch.Tensor] = None  # [B, 1024] (paper path)
+    source_tokens: Optional[torch.Tensor] = field(default=None, repr=False)
+
+
+@dataclass
+class PCDMsPipeline:
+    inpaint: InpaintModel
+    vae: torch.nn.Module
+    dino: ImageEncoder
+    prior: Optional[PriorTransformer] = None
+    clip: Optional[ImageEncoder] = None
+    refine: Optional[RefineModel] = None
+
+    @classmethod
+    def from_files(
+        cls,
+        *,
+        inpaint,
+        vae,
+        dino,
+        prior=None,
+        clip=None,
+        refine=None,
+        configs: Optional[dict] = None,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ) -> "PCDMsPipeline":
+        """Load every model from local files (see ``checkpoints.load_checkpoint``; ``configs`` may map
+        "prior" / "inpaint" / "refine" to a config for tiny or custom-size models)."""
+        configs = configs or {}
+        kw = dict(dtype=dtype, device=device)
+        return cls(
+            inpaint=load_checkpoint(inpaint, expect="inpaint", config=configs.get("inpaint"), **kw),
+            vae=load_vae(vae, **kw),
+            dino=load_image_encoder(dino, "dinov2", **kw),
+            prior=load_checkpoint(prior, expect="prior", config=configs.get("prior"), **kw) if prior else None,
+            clip=load_image_encoder(clip, "clip", **kw) if clip else None,
+            refine=load_checkpoint(refine, expect="refine", config=configs.get("refine"), **kw) if refine else None,
+        )
+
+    def _check(self) -> None:
+        if self.inpaint.uses_prior and (self.prior is None or self.clip is None):
+            raise InputError(
+                "the paper stage-2 checkpoint needs the stage-1 prior and the CLIP ViT-H/14 encoder; load both "
+                "(or use the demo stage-2 checkpoint, which needs neither)"
+            )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        source,
+        source_pose: PoseInput,
+        target_pose: PoseInput,
+        *,
+        size: tuple[int, int] = (512, 512),
+        prior_size: tuple[int, int] = (512, 512),
+        seed: SeedLike = 42,
+        prior_settings: StageSettings = StageSettings(),
+        inpaint_settings: StageSettings = StageSettings(),
+        refine_settings: StageSettings = StageSettings(),
+        num_images: int = 1,
+        use_refine: bool = True,
+        callback: Optional[StageCallback] = None,
+    ) -> PipelineResult:
+        """Run the stages on one source image (a batch of sources works too, with poses per source).
+
+        Poses are ``Pose`` objects (keypoints; needed by the prior) or skeleton images. Keypoint poses are
+        rendered at the working ``size`` (W, H) per half. Each stage seeds its own generator with ``seed``
+        (as the official scripts seed each stage with 42) unless its settings give another seed.
+        """
+        self._check()
+        src = im.as_uint8_batch(source)
+
+        def stage_cb(name: str):
+            return (lambda info: callback(name, info)) if callback is not None else None
+
+        def seed_of(s: StageSettings) -> SeedLike:
+            return seed if s.seed is None else s.seed
+
+        tokens = self.dino.encode(src, tuple(size))
+        embedding = None
+        if self.inpaint.uses_prior:
+            if not isinstance(source_pose, Pose) or not isinstance(target_pose, Pose):
+                raise InputError("the prior needs keypoint poses (Pose), not pose images")
+            embedding = sample_prior(
+                self.prior,
+                self.clip.encode(src, tuple(prior_size)),
+                pose_vector(source_pose),
+                pose_vector(target_pose),
+                steps=prior_settings.steps or 20,
+                guidance_scale=1.0 if prior_settings.guidance_scale is None else prior_settings.guidance_scale,
+                scheduler=prior_settings.scheduler or "unclip",
+                generator=seed_of(prior_settings),
+                callback=stage_cb("prior"),
+            )
+
+        def skeleton(p: PoseInput) -> torch.Tensor:
+            return render_pose(p, tuple(size)) if isinstance(p, Pose) else p
+
+        coarse = sample_inpaint(
+            self.inpaint, self.vae, src, skeleton(source_pose), skeleton(target_pose), tokens, embedding,
+            size=tuple(size), steps=inpaint_settings.steps, guidance_scale=inpaint_settings.guidance_scale,
+            scheduler=inpaint_settings.scheduler, generator=seed_of(inpaint_settings),
+            num_images=num_images, callback=stage_cb("inpaint"),
+        ).target
+        images = coarse
+        if use_refine and self.refine is not None:
+            # The official chain hands stage 3 an 8-bit image; so do we.
+            images = sample_refine(
+                self.refine, self.vae, im.to_uint8(coarse), tokens.repeat_interleave(num_images, dim=0),
+                size=tuple(size), steps=refine_settings.steps, guidance_scale=refine_settings.guidance_scale,
+                scheduler=refine_settings.scheduler, generator=seed_of(refine_settings),
+                callback=stage_cb("refine"),
+            ).images
+        return PipelineResult(images=images, coarse=coarse, prior_embedding=embedding, source_tokens=tokens)

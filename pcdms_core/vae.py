@@ -1,0 +1,117 @@
+"""The SD 2.1-base VAE as the official pipelines use it: encode with a posterior *sample* drawn from the
+run's generator, scale by ``scaling_factor`` (0.18215), decode, then clamp to [0, 1]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import _compat
+from .errors import CheckpointError
+from .sampling import model_device_dtype, randn
+from .weights import WeightFile, folder_weight_file, open_weights, read_json, strict_load
+
+
+def scaling_factor(vae) -> float:
+    return float(getattr(vae.config, "scaling_factor", 0.18215))
+
+
+def downscale_factor(vae) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def encode(vae, pixels: torch.Tensor, generator: Optional[torch.Generator] = None, *, sample: bool = True) -> torch.Tensor:
+    """``[B, 3, H, W]`` in [-1, 1] to scaled latents.
+
+    With ``sample=True`` (the official behaviour) the posterior noise is one ``randn`` of the latents' shape
+    from ``generator``, drawn in fp32 on the generator's device; ``sample=False`` takes the posterior mean.
+    """
+    device, dtype = model_device_dtype(vae)
+    dist = vae.encode(pixels.to(device=device, dtype=dtype)).latent_dist
+    z = dist.mean
+    if sample:
+        z = z + dist.std * randn(z.shape, generator, device, z.dtype)
+    return z * scaling_factor(vae)
+
+
+@torch.no_grad()
+def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents to images ``[B, 3, H, W]`` in [0, 1] (float32, not yet rounded to 8 bits)."""
+    device, dtype = model_device_dtype(vae)
+    image = vae.decode(latents.to(device=device, dtype=dtype) / scaling_factor(vae)).sample
+    return (image.float() / 2 + 0.5).clamp(0, 1)
+
+
+# --- loading -------------------------------------------------------------------------------------------------------
+
+# stabilityai/stable-diffusion-2-1-base, vae/config.json
+SD21_BASE_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[128, 256, 512, 512],
+    layers_per_block=2,
+    act_fn="silu",
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=768,
+    scaling_factor=0.18215,
+)
+_LDM_MARKERS = ("encoder.down.0.", "first_stage_model.encoder.", "vae.encoder.down.0.")
+
+
+def _vae_files(path: Path) -> tuple[Path, Optional[Path]]:
+    if path.is_dir():
+        weights = folder_weight_file(path, ("diffusion_pytorch_model", "model"))
+        if weights is None and (path / "vae").is_dir():
+            return _vae_files(path / "vae")
+        if weights is None:
+            raise CheckpointError(f"{path} has no diffusion_pytorch_model.safetensors (a diffusers VAE folder)")
+        cfg = path / "config.json"
+        return weights, cfg if cfg.exists() else None
+    for cand in (path.with_suffix(".json"), path.with_name(path.stem + ".config.json")):
+        if cand.exists():
+            return path, cand
+    return path, None
+
+
+def load_vae(path, *, config: Optional[dict] = None, dtype: Optional[torch.dtype] = torch.float32, device=None):
+    """Load an ``AutoencoderKL`` from a diffusers folder or one file (diffusers keys, or the original
+    LDM / ComfyUI layout, also inside a whole SD checkpoint). The config defaults to SD 2.1-base's VAE; a
+    config passed in or a ``<name>.json`` beside the file overrides it."""
+    weight_path, config_path = _vae_files(Path(path))
+    weights = open_weights(weight_path)
+    cfg = dict(SD21_BASE_VAE)
+    if config is not None:
+        cfg.update(config)
+    elif config_path is not None:
+        cfg.update(read_json(config_path))
+    keys = list(weights)
+    ldm = any(k.startswith(_LDM_MARKERS) for k in keys)
+    if not ldm and "encoder.conv_in.weight" not in weights:
+        raise CheckpointError(
+            f"{weight_path.name} is not a VAE (no encoder/decoder tensors; e.g. {', '.join(keys[:3])}). "
+            "Use the SD 2.1-base VAE (diffusers folder, or a single .safetensors in models/vae)."
+        )
+    model = _compat.build_vae(cfg)
+    if ldm:
+        try:
+            converted = _compat.convert_ldm_vae_state_dict(weights, model.config)
+        except (KeyError, IndexError) as exc:
+            raise CheckpointError(f"{weight_path.name}: cannot convert this original-format VAE ({exc})") from None
+        weights = WeightFile(
+            weights.path, list(converted), converted.__getitem__,
+            {k: tuple(v.shape) for k, v in converted.items()}, {k: v.dtype for k, v in converted.items()},
+            weights.metadata, weights.format,
+        )
+    strict_load(
+        model, weights, dtype=dtype, describe="an AutoencoderKL",
+        fix="Probable fix: this is not an SD 2.1-style VAE, or it needs its config.json beside it.",
+    )
+    if device is not None:
+        model.to(device)
+    return model
