@@ -32,7 +32,6 @@ from diffusers import (  # noqa: F401
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
-    LMSDiscreteScheduler,
     PNDMScheduler,
     UnCLIPScheduler,
     UniPCMultistepScheduler,
@@ -75,7 +74,6 @@ SCHEDULER_CLASSES: dict[str, type] = {
     "euler_ancestral": EulerAncestralDiscreteScheduler,
     "dpmpp_2m": DPMSolverMultistepScheduler,
     "heun": HeunDiscreteScheduler,
-    "lms": LMSDiscreteScheduler,
 }
 
 

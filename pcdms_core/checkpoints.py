@@ -70,10 +70,10 @@ SD21_BASE_UNET: dict[str, Any] = dict(
 )
 
 STAGE_TITLES = {
-    "prior": "stage 1, prior (predicts the target CLIP image embedding)",
-    "paper": "stage 2, inpainting, paper variant (uses the prior's embedding)",
-    "demo": "stage 2, inpainting, demo variant (the released PCDMs_ckpt.pt; no prior input)",
-    "refine": "stage 3, refining",
+    "prior": "stage-1 prior",
+    "paper": "stage-2 inpainting (paper variant: takes the prior's embedding)",
+    "demo": "stage-2 inpainting (demo variant, the released PCDMs_ckpt.pt: no prior input)",
+    "refine": "stage-3 refining",
 }
 STAGE_OF_VARIANT = {"prior": "prior", "paper": "inpaint", "demo": "inpaint", "refine": "refine"}
 META_STAGE, META_VARIANT, META_CONFIG = "pcdms.stage", "pcdms.variant", "pcdms.config"
@@ -205,7 +205,11 @@ def resolve_config(weights: WeightFile, stage: str, config=None) -> tuple[dict, 
     if given:
         section = _section(given, stage)
         if section is None:
-            raise CheckpointError(f"the config passed ({given_src}) does not describe a {stage} network")
+            network = {"prior": "the prior's transformer", "inpaint": "a stage-2 UNet", "refine": "a stage-3 UNet"}[stage]
+            raise CheckpointError(
+                f"{weights.path.name}: the config passed ({given_src}) does not describe {network}; pass the "
+                "config of this file's network (or none for official-size files)"
+            )
         source = given_src
     if section is None and META_CONFIG in weights.metadata:
         try:
@@ -277,11 +281,6 @@ def build_model(info: CheckpointInfo, weights: WeightFile) -> PCDMsModel:
         if info.stage == "refine":
             return RefineModel(unet, projector)
         pose = PoseEncoder(pose_encoder_config_from_shapes(weights.shapes, "pose_proj."))
-    if pose.config.out_channels != unet.config.block_out_channels[0]:
-        raise CheckpointError(
-            f"{weights.path.name}: the pose encoder gives {pose.config.out_channels} channels but the UNet's first "
-            f"block has {unet.config.block_out_channels[0]}; the config does not describe this checkpoint"
-        )
     return InpaintModel(unet, pose, projector, info.variant)
 
 

@@ -63,13 +63,12 @@ SCHEDULER_SETTINGS: dict[str, dict[str, Any]] = {
     "euler_ancestral": dict(timestep_spacing="leading"),
     "dpmpp_2m": dict(timestep_spacing="linspace", algorithm_type="dpmsolver++", solver_order=2),
     "heun": dict(timestep_spacing="leading"),
-    "lms": dict(timestep_spacing="leading"),
 }
 
 # Which schedulers each stage accepts. The prior predicts x0, so only x0-capable schedulers qualify.
 PRIOR_SCHEDULERS: tuple[str, ...] = ("unclip", "ddim", "ddpm")
 UNET_SCHEDULERS: tuple[str, ...] = (
-    "unipc", "ddim", "ddpm", "pndm", "euler", "euler_ancestral", "dpmpp_2m", "heun", "lms",
+    "unipc", "ddim", "ddpm", "pndm", "euler", "euler_ancestral", "dpmpp_2m", "heun",
 )
 
 SeedLike = Union[int, torch.Generator, None]

@@ -30,3 +30,47 @@ def assert_u8_close(actual: torch.Tensor, expected: torch.Tensor, levels: int = 
     assert tuple(actual.shape) == tuple(expected.shape)
     diff = (actual.int() - expected.int()).abs().max().item()
     assert diff <= levels, f"8-bit images differ by {diff} levels"
+
+
+def fill_random(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Overwrite every parameter with seeded random values (the parity set's rule, roughly: zero-initialised
+    layers get values too, so nothing in a test model is trivially zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen) / fan_in ** 0.5)
+            elif name.endswith("weight") or name.endswith("lambda1"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    return module.eval()
+
+
+def save_deepspeed(path: Path, state_dict: dict, dtype: torch.dtype | None = None) -> Path:
+    """Save ``state_dict`` the way the official DeepSpeed checkpoints are laid out (``"module"`` + bookkeeping)."""
+    from collections import OrderedDict
+
+    sd = OrderedDict((k, (v.to(dtype) if dtype is not None and v.is_floating_point() else v).clone()) for k, v in state_dict.items())
+    torch.save(
+        {
+            "module": sd,
+            "buffer_names": [],
+            "optimizer": None,
+            "param_shapes": [OrderedDict((k, v.shape) for k, v in sd.items())],
+            "frozen_param_shapes": None,
+            "shared_params": {},
+            "lr_scheduler": None,
+            "sparse_tensor_module_names": set(),
+            "skipped_steps": 0,
+            "global_steps": 10,
+            "global_samples": 80,
+            "dp_world_size": 8,
+            "mp_world_size": 1,
+            "ds_config": {"train_micro_batch_size_per_gpu": 8},
+            "ds_version": "0.10.0",
+        },
+        path,
+    )
+    return path

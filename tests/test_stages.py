@@ -1,0 +1,160 @@
+"""Stage behaviour beyond the parity runs: seeds, batches, callbacks and cancelling, schedulers, bad input."""
+
+import pytest
+import torch
+
+from pcdms_core.errors import InputError
+from pcdms_core.inpaint import sample_inpaint
+from pcdms_core.prior import sample_prior
+from pcdms_core.refine import sample_refine
+from pcdms_core.sampling import UNET_SCHEDULERS, as_generator, make_scheduler
+
+
+@pytest.fixture(scope="module")
+def paper_inputs(models, inputs, refs):
+    src = inputs("src_a.png")
+    return dict(
+        model=models("s2_paper"), vae=models("vae"), source=src, source_pose=inputs("pose_a.png"),
+        target_pose=inputs("pose_t1.png"), source_tokens=models("dinov2").encode(src, (64, 64)),
+        prior_embedding=refs("stage2_paper")["run.inputs.pred_t_img_embed"],
+    )
+
+
+def _inpaint(p, **kw):
+    kw.setdefault("size", (64, 64))
+    kw.setdefault("steps", 3)
+    return sample_inpaint(p["model"], p["vae"], p["source"], p["source_pose"], p["target_pose"],
+                          p["source_tokens"], p["prior_embedding"], **kw)
+
+
+def test_same_seed_same_image_other_seed_other_image(paper_inputs):
+    a = _inpaint(paper_inputs, generator=7).target
+    b = _inpaint(paper_inputs, generator=torch.Generator().manual_seed(7)).target
+    c = _inpaint(paper_inputs, generator=8).target
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 1e-3
+
+
+def test_batch_of_images_per_source(paper_inputs):
+    res = _inpaint(paper_inputs, generator=1, num_images=3)
+    assert res.target.shape == (3, 3, 64, 64) and res.canvas.shape == (3, 3, 64, 128)
+    assert (res.target[0] - res.target[1]).abs().max() > 1e-3
+    # The first of a batch is not the image of a single run (one noise tensor is drawn for the batch).
+    single = _inpaint(paper_inputs, generator=1)
+    assert single.target.shape == (1, 3, 64, 64)
+
+
+def test_batch_of_sources(paper_inputs, models, inputs):
+    import torch as t
+
+    from pcdms_core import images as im
+
+    srcs = im.as_uint8_batch([inputs("src_a.png"), inputs("src_a.png").transpose(0)])  # mirrored second person
+    tokens = models("dinov2").encode(srcs, (64, 64))
+    res = sample_inpaint(
+        paper_inputs["model"], paper_inputs["vae"], srcs, paper_inputs["source_pose"], paper_inputs["target_pose"],
+        tokens, paper_inputs["prior_embedding"].expand(2, -1, -1), size=(64, 64), steps=2, generator=3, num_images=2,
+    )
+    assert res.target.shape == (4, 3, 64, 64)
+    assert t.isfinite(res.target).all()
+
+
+def test_guidance_off_runs_one_branch(paper_inputs):
+    calls = []
+    handle = paper_inputs["model"].register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    try:
+        _inpaint(paper_inputs, generator=1, guidance_scale=1.0, num_images=2)
+        _inpaint(paper_inputs, generator=1, guidance_scale=2.5, num_images=2)
+    finally:
+        handle.remove()
+    assert calls[:3] == [2, 2, 2] and calls[3:] == [4, 4, 4]
+
+
+def test_callback_sees_every_step_and_can_cancel(paper_inputs):
+    seen = []
+
+    class Cancelled(Exception):
+        pass
+
+    def cb(info):
+        seen.append((info.step, info.total, info.timestep))
+        assert info.denoised is not None and info.denoised.shape == info.latents.shape
+        if info.step == 1:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        _inpaint(paper_inputs, generator=1, steps=5, callback=cb)
+    assert seen == [(0, 5, 999), (1, 5, 799)]
+
+
+@pytest.mark.parametrize("name", UNET_SCHEDULERS)
+def test_every_scheduler_runs(paper_inputs, name):
+    res = _inpaint(paper_inputs, generator=1, scheduler=name, steps=3)
+    assert torch.isfinite(res.target).all() and res.target.shape == (1, 3, 64, 64)
+
+
+def test_prior_guidance_and_batches(models, refs):
+    r = refs("stage1")
+    pre = refs("preprocess")
+    args = (models("s1"), r["run.inputs.s_embed"], pre["pre.pose.pose_a.stage1_vec"], pre["pre.pose.pose_t1.stage1_vec"])
+    plain = sample_prior(*args, steps=4, generator=5)
+    guided = sample_prior(*args, steps=4, generator=5, guidance_scale=3.0)
+    batch = sample_prior(*args, steps=4, generator=5, num_images=3)
+    assert plain.shape == (1, 1024) and batch.shape == (3, 1024)
+    assert (plain - guided).abs().max() > 1e-3
+    assert torch.equal(sample_prior(*args, steps=4, generator=5), plain)
+    for name in ("ddim", "ddpm"):
+        assert torch.isfinite(sample_prior(*args, steps=4, generator=5, scheduler=name)).all()
+
+
+def test_refine_guidance_and_batches(models, inputs):
+    tokens = models("dinov2").encode(inputs("src_a.png"), (64, 64))
+    coarse = inputs("../refs/s3_input_coarse.png")
+    res = sample_refine(models("s3"), models("vae"), coarse, tokens, size=(64, 64), steps=3, generator=2,
+                        guidance_scale=2.0, num_images=2)
+    assert res.images.shape == (2, 3, 64, 64)
+
+
+# --- bad input -----------------------------------------------------------------------------------------------------
+
+def test_size_must_fit_the_models(paper_inputs):
+    with pytest.raises(InputError, match="multiples of 16"):
+        _inpaint(paper_inputs, size=(60, 64))
+
+
+def test_prior_embedding_rules(paper_inputs, models):
+    with pytest.raises(InputError, match="needs the prior's target embedding"):
+        _inpaint({**paper_inputs, "prior_embedding": None})
+    with pytest.raises(InputError, match="expects 1024"):
+        _inpaint({**paper_inputs, "prior_embedding": torch.zeros(1, 77)})
+    demo = {**paper_inputs, "model": models("s2_demo")}
+    with pytest.raises(InputError, match="takes no prior embedding"):
+        _inpaint(demo)
+
+
+def test_wrong_encoder_features_are_named(paper_inputs):
+    with pytest.raises(InputError, match="DINOv2-giant"):
+        _inpaint({**paper_inputs, "source_tokens": torch.zeros(1, 257, 1536)})
+
+
+def test_wrong_pose_batch(paper_inputs):
+    from pcdms_core import images as im
+
+    two = im.as_uint8_batch([paper_inputs["target_pose"]] * 2)
+    with pytest.raises(InputError, match="target pose image batch has 2"):
+        _inpaint({**paper_inputs, "target_pose": two})
+
+
+def test_sampler_argument_errors(paper_inputs, models, refs):
+    with pytest.raises(InputError, match="steps must be a positive integer"):
+        _inpaint(paper_inputs, steps=0)
+    with pytest.raises(InputError, match="unknown scheduler 'nope'"):
+        _inpaint(paper_inputs, scheduler="nope")
+    with pytest.raises(InputError, match="initial latents have shape"):
+        _inpaint(paper_inputs, latents=torch.zeros(1, 4, 8, 8))
+    with pytest.raises(InputError, match="seed must be an int"):
+        as_generator("42")
+    with pytest.raises(InputError, match="unknown scheduler 'unipc' for the prior"):
+        make_scheduler("unipc", "prior")
+    with pytest.raises(InputError, match=r"\[B, 36\] pose vector"):
+        sample_prior(models("s1"), refs("stage1")["run.inputs.s_embed"], torch.zeros(1, 34), torch.zeros(1, 36))
