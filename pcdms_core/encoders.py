@@ -108,13 +108,57 @@ def sniff_encoder_kind(keys) -> Optional[str]:
         return "clip"
     if "embeddings.cls_token" in ks and any(k.startswith("encoder.layer.") for k in ks):
         return "dinov2"
-    if any(k.startswith("visual.transformer.") for k in ks):
+    if "visual.transformer.resblocks.0.attn.in_proj_weight" in ks:
         return "openclip"
     return None
 
 
+def openclip_to_transformers(w: WeightFile) -> WeightFile:
+    """OpenCLIP's vision tower (``visual.*``) renamed to the transformers layout ``ClipVision`` reads."""
+    out: dict[str, torch.Tensor] = {}
+    rename = {
+        "visual.class_embedding": "vision_model.embeddings.class_embedding",
+        "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+        "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+        "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
+        "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+        "visual.ln_post.weight": "vision_model.post_layernorm.weight",
+        "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+    }
+    layer_parts = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+                   "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    for key in w:
+        if key in rename:
+            out[rename[key]] = w[key]
+        elif key == "visual.proj":
+            out["visual_projection.weight"] = w[key].t().contiguous()
+        elif key.startswith("visual.transformer.resblocks."):
+            n, rest = key[len("visual.transformer.resblocks."):].split(".", 1)
+            base = f"vision_model.encoder.layers.{n}."
+            if rest.startswith("attn.in_proj_"):
+                for name, part in zip(("q_proj", "k_proj", "v_proj"), w[key].chunk(3, dim=0)):
+                    out[f"{base}self_attn.{name}.{rest.rsplit('_', 1)[-1]}"] = part.contiguous()
+            else:
+                module, param = rest.rsplit(".", 1)
+                if module in layer_parts:
+                    out[f"{base}{layer_parts[module]}.{param}"] = w[key]
+    return WeightFile.from_tensors(w.path, out, w.metadata, w.format)
+
+
 def _count(keys, prefix: str) -> int:
     return len({k[len(prefix):].split(".")[0] for k in keys if k.startswith(prefix)})
+
+
+def _heads(hints: dict, presets: dict, hidden: int, what: str, name: str) -> int:
+    """Attention heads cannot be read from weights: take them from a config, or from the standard models."""
+    if "num_attention_heads" in hints:
+        return int(hints["num_attention_heads"])
+    if hidden in presets:
+        return presets[hidden]
+    raise CheckpointError(
+        f"{name} is a {what} of width {hidden}, which is not a standard size, so its number of attention heads "
+        "is unknown. Put its transformers config.json beside the file (as <name>.json) or load its folder."
+    )
 
 
 def clip_config_from_weights(w: WeightFile, hints: dict) -> ClipVisionConfig:
@@ -129,7 +173,7 @@ def clip_config_from_weights(w: WeightFile, hints: dict) -> ClipVisionConfig:
         hidden_size=hidden,
         intermediate_size=int(w.shapes["vision_model.encoder.layers.0.mlp.fc1.weight"][0]),
         num_hidden_layers=layers,
-        num_attention_heads=int(hints.get("num_attention_heads", _CLIP_HEADS.get(hidden, max(1, hidden // 64)))),
+        num_attention_heads=_heads(hints, _CLIP_HEADS, hidden, "CLIP vision model", w.path.name),
         patch_size=patch,
         image_size=int(round(math.sqrt(positions - 1))) * patch,
         projection_dim=int(w.shapes["visual_projection.weight"][0]),
@@ -147,7 +191,7 @@ def dinov2_config_from_weights(w: WeightFile, hints: dict) -> Dinov2Config:
     return Dinov2Config(
         hidden_size=hidden,
         num_hidden_layers=_count(w, "encoder.layer."),
-        num_attention_heads=int(hints.get("num_attention_heads", _DINO_HEADS.get(hidden, max(1, hidden // 64)))),
+        num_attention_heads=_heads(hints, _DINO_HEADS, hidden, "DINOv2 model", w.path.name),
         patch_size=patch,
         image_size=int(round(math.sqrt(positions - 1))) * patch,
         mlp_hidden_size=int(w.shapes[mlp_key][1]),
@@ -170,7 +214,7 @@ def _config_hints(path: Path) -> dict:
 def _resolve(path: Path) -> tuple[WeightFile, Optional[Path]]:
     """Weights and the config file that goes with them (a folder's config.json, or one beside the file)."""
     if path.is_dir():
-        weights = folder_weight_file(path, ("model", "pytorch_model"))
+        weights = folder_weight_file(path, ("model", "pytorch_model", "open_clip_pytorch_model"))
         if weights is None:
             raise CheckpointError(f"{path} has no model.safetensors or pytorch_model.bin")
         cfg = path / "config.json"
@@ -186,29 +230,26 @@ def load_image_encoder(
     kind: Optional[str] = None,
     *,
     config: Optional[dict] = None,
-    dtype: Optional[torch.dtype] = None,
+    dtype: Optional[torch.dtype] = torch.float32,
     device=None,
 ) -> ImageEncoder:
     """Load CLIP's vision tower or DINOv2 from a transformers folder or a single weight file.
 
-    The kind is told from the tensor names (``kind`` only checks it). Sizes come from the tensor shapes; the
-    number of heads, activation and eps from ``config``, a config.json (the folder's, or ``<name>.json``
-    beside a file), or the standard models' values.
+    The kind is told from the tensor names (``kind`` only checks it). Files in OpenCLIP's own layout are
+    renamed on the fly. Sizes come from the tensor shapes; the number of heads, activation and eps from
+    ``config``, a config.json (the folder's, or ``<name>.json`` beside a file), or the standard models' values
+    (ViT-B/L/H/bigG, DINOv2 small/base/large/giant).
     """
     path = Path(path)
     weights, config_path = _resolve(path)
     found = sniff_encoder_kind(weights)
-    if found == "openclip":
-        raise CheckpointError(
-            f"{path.name} is in OpenCLIP's own key layout. Use the transformers-format file instead, e.g. "
-            "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors (h94/IP-Adapter models/image_encoder/model.safetensors, "
-            "or laion/CLIP-ViT-H-14-laion2B-s32B-b79K model.safetensors) in models/clip_vision."
-        )
     if found is None:
         raise CheckpointError(
             f"{path.name} is not a CLIP vision or DINOv2 model ({len(weights)} tensors, e.g. "
             f"{', '.join(list(weights)[:3])}). PCDMs needs CLIP ViT-H/14 (prior) and DINOv2-giant (stages 2 and 3)."
         )
+    if found == "openclip":
+        weights, found = openclip_to_transformers(weights), "clip"
     if kind is not None and found != kind:
         raise CheckpointError(
             f"{path.name} is {ENCODER_NAMES[found]}, but {ENCODER_NAMES[kind]} was asked for: pick the other file"

@@ -103,11 +103,7 @@ def load_vae(path, *, config: Optional[dict] = None, dtype: Optional[torch.dtype
             converted = _compat.convert_ldm_vae_state_dict(weights, model.config)
         except (KeyError, IndexError) as exc:
             raise CheckpointError(f"{weight_path.name}: cannot convert this original-format VAE ({exc})") from None
-        weights = WeightFile(
-            weights.path, list(converted), converted.__getitem__,
-            {k: tuple(v.shape) for k, v in converted.items()}, {k: v.dtype for k, v in converted.items()},
-            weights.metadata, weights.format,
-        )
+        weights = WeightFile.from_tensors(weights.path, converted, weights.metadata, weights.format)
     strict_load(
         model, weights, dtype=dtype, describe="an AutoencoderKL",
         fix="Probable fix: this is not an SD 2.1-style VAE, or it needs its config.json beside it.",

@@ -56,6 +56,14 @@ class WeightFile(Mapping[str, torch.Tensor]):
         self.metadata = metadata
         self.format = fmt
 
+    @classmethod
+    def from_tensors(cls, path: Path, tensors: Mapping[str, torch.Tensor], metadata: Optional[dict] = None,
+                     fmt: str = "converted") -> "WeightFile":
+        """A ``WeightFile`` over tensors already in memory (for example after renaming keys)."""
+        tensors = dict(tensors)
+        return cls(path, list(tensors), tensors.__getitem__, {k: tuple(v.shape) for k, v in tensors.items()},
+                   {k: v.dtype for k, v in tensors.items()}, dict(metadata or {}), fmt)
+
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self.shapes:
             raise KeyError(key)
@@ -160,10 +168,7 @@ def _open_pickle(path: Path) -> WeightFile:
             "PyTorch checkpoint."
         ) from None
     sd = _unwrap(obj, path)
-    keys = list(sd.keys())
-    shapes = {k: tuple(v.shape) for k, v in sd.items()}
-    dtypes = {k: v.dtype for k, v in sd.items()}
-    return WeightFile(path, keys, sd.__getitem__, shapes, dtypes, {}, "pickle")
+    return WeightFile.from_tensors(path, sd, fmt="pickle")
 
 
 def open_weights(path: os.PathLike | str) -> WeightFile:
