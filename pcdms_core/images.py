@@ -78,13 +78,6 @@ def as_uint8_batch(images: ImageLike) -> torch.Tensor:
     return to_uint8(x)
 
 
-def as_float_batch(images: ImageLike) -> torch.Tensor:
-    """Any accepted image form to floats ``[B, 3, H, W]`` in [0, 1] (float inputs are kept as they are)."""
-    if torch.is_tensor(images) and torch.is_floating_point(images) and images.ndim == 4 and images.shape[1] == 3:
-        return images.float().clamp(0, 1)
-    return as_uint8_batch(images).float() / 255.0
-
-
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     u8 = images if images.dtype == torch.uint8 else to_uint8(images)
     if u8.ndim == 3:

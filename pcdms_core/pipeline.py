@@ -103,9 +103,9 @@ class PCDMsPipeline:
         size: tuple[int, int] = (512, 512),
         prior_size: tuple[int, int] = (512, 512),
         seed: SeedLike = 42,
-        prior_settings: StageSettings = StageSettings(),
-        inpaint_settings: StageSettings = StageSettings(),
-        refine_settings: StageSettings = StageSettings(),
+        prior_settings: Optional[StageSettings] = None,
+        inpaint_settings: Optional[StageSettings] = None,
+        refine_settings: Optional[StageSettings] = None,
         num_images: int = 1,
         use_refine: bool = True,
         callback: Optional[StageCallback] = None,
@@ -117,6 +117,9 @@ class PCDMsPipeline:
         (as the official scripts seed each stage with 42) unless its settings give another seed.
         """
         self._check()
+        prior_settings = prior_settings or StageSettings()
+        inpaint_settings = inpaint_settings or StageSettings()
+        refine_settings = refine_settings or StageSettings()
         src = im.as_uint8_batch(source)
 
         def stage_cb(name: str):

@@ -25,11 +25,10 @@ skeleton image stage 2 reads). ``align_pose`` moves a target pose onto the sourc
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch

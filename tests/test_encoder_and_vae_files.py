@@ -16,7 +16,7 @@ from pcdms_core.vae import load_vae
 from helpers import PARITY
 
 
-def _single_file(tmp_path, folder: str, name: str, with_config: bool) -> "Path":
+def _single_file(tmp_path, folder: str, name: str, with_config: bool):
     path = tmp_path / f"{name}.safetensors"
     shutil.copy(PARITY / folder / "model.safetensors", path)
     if with_config:

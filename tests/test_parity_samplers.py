@@ -17,7 +17,7 @@ from pcdms_core.prior import sample_prior
 from pcdms_core.refine import sample_refine
 from pcdms_core.sampling import make_scheduler
 
-from helpers import PARITY, assert_close, assert_u8_close, rel_l2
+from helpers import assert_close, assert_u8_close, rel_l2
 
 FINAL_RTOL = 1e-4
 

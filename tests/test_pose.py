@@ -11,7 +11,6 @@ from pcdms_core.pose import (
     JOINT_NAMES,
     Pose,
     align_pose,
-    choose_person,
     load_pose,
     people_from_keypoints,
     pose_vector,
