@@ -1,5 +1,9 @@
 """The SD 2.1-base VAE as the official pipelines use it: encode with a posterior *sample* drawn from the
-run's generator, scale by ``scaling_factor`` (0.18215), decode, then clamp to [0, 1]."""
+run's generator, scale by ``scaling_factor`` (0.18215), decode, then clamp to [0, 1].
+
+The stages talk to a VAE through ``LatentCodec``, so any implementation with the same encoder output
+(mean and log-variance) can serve: diffusers' ``AutoencoderKL`` here, ComfyUI's VAE in the nodes.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,59 @@ from .sampling import model_device_dtype, randn
 from .weights import WeightFile, folder_weight_file, open_weights, read_json, strict_load
 
 
-def scaling_factor(vae) -> float:
-    return float(getattr(vae.config, "scaling_factor", 0.18215))
+class LatentCodec:
+    """What the stages need from a VAE. ``DiffusersCodec`` wraps diffusers' ``AutoencoderKL``; other VAE
+    implementations (ComfyUI's, in the nodes) provide the same four members and pass themselves in.
+
+    * ``scaling_factor``: latents are scaled by it after encoding (0.18215 for SD 2.1);
+    * ``downscale``: pixels per latent cell;
+    * ``moments(pixels)``: the encoder's raw output (mean and log-variance stacked on dim 1) for [-1, 1] pixels
+      on ``device`` / ``dtype``;
+    * ``decode(z)``: unscaled latents to pixels in [-1, 1].
+    """
+
+    scaling_factor: float = 0.18215
+    downscale: int = 8
+    device: torch.device
+    dtype: torch.dtype
+
+    def moments(self, pixels: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class DiffusersCodec(LatentCodec):
+    def __init__(self, vae):
+        self.vae = vae
+        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215))
+        self.downscale = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.device, self.dtype = model_device_dtype(vae)
+
+    def moments(self, pixels: torch.Tensor) -> torch.Tensor:
+        vae = self.vae
+        h = vae.encoder(pixels)
+        return vae.quant_conv(h) if vae.quant_conv is not None else h
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z).sample
+
+
+def as_codec(vae) -> LatentCodec:
+    return vae if isinstance(vae, LatentCodec) else DiffusersCodec(vae)
 
 
 def downscale_factor(vae) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+    return as_codec(vae).downscale
+
+
+def posterior(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of the diagonal Gaussian posterior, as diffusers computes them: the
+    log-variance is clamped to [-30, 20] and std = exp(logvar / 2)."""
+    mean, logvar = torch.chunk(moments, 2, dim=1)
+    logvar = torch.clamp(logvar, -30.0, 20.0)
+    return mean, torch.exp(0.5 * logvar)
 
 
 @torch.no_grad()
@@ -29,19 +80,19 @@ def encode(vae, pixels: torch.Tensor, generator: Optional[torch.Generator] = Non
     With ``sample=True`` (the official behaviour) the posterior noise is one ``randn`` of the latents' shape
     from ``generator``, drawn in fp32 on the generator's device; ``sample=False`` takes the posterior mean.
     """
-    device, dtype = model_device_dtype(vae)
-    dist = vae.encode(pixels.to(device=device, dtype=dtype)).latent_dist
-    z = dist.mean
+    codec = as_codec(vae)
+    mean, std = posterior(codec.moments(pixels.to(device=codec.device, dtype=codec.dtype)))
+    z = mean
     if sample:
-        z = z + dist.std * randn(z.shape, generator, device, z.dtype)
-    return z * scaling_factor(vae)
+        z = z + std * randn(z.shape, generator, codec.device, z.dtype)
+    return z * codec.scaling_factor
 
 
 @torch.no_grad()
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents to images ``[B, 3, H, W]`` in [0, 1] (float32, not yet rounded to 8 bits)."""
-    device, dtype = model_device_dtype(vae)
-    image = vae.decode(latents.to(device=device, dtype=dtype) / scaling_factor(vae)).sample
+    codec = as_codec(vae)
+    image = codec.decode(latents.to(device=codec.device, dtype=codec.dtype) / codec.scaling_factor)
     return (image.float() / 2 + 0.5).clamp(0, 1)
 
 
