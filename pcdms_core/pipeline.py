@@ -43,6 +43,41 @@ class StageSettings:
 
 
 @dataclass
+class SourceFeatures:
+    """The source images encoded once for all stages."""
+
+    pixels: torch.Tensor  # uint8 [B, 3, H, W], as given
+    size: tuple[int, int]  # (W, H) per half: the stages' working size
+    tokens: Optional[torch.Tensor] = None  # DINOv2 last_hidden_state [B, 257, D] (stages 2 and 3)
+    clip_embedding: Optional[torch.Tensor] = None  # CLIP image_embeds [B, 1024] (the prior)
+
+    @property
+    def batch(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+@torch.no_grad()
+def encode_source(
+    images,
+    dino: Optional[ImageEncoder],
+    clip: Optional[ImageEncoder] = None,
+    *,
+    size: tuple[int, int] = (512, 512),
+    prior_size: tuple[int, int] = (512, 512),
+) -> SourceFeatures:
+    """Encode the source once: DINOv2 on the image stretched to the working ``size`` (as stages 2 and 3 read
+    it), CLIP on the image stretched to ``prior_size`` (the official stage-1 stretch is 512 x 512)."""
+    pixels = im.as_uint8_batch(images)
+    size = im.check_size(size, 8, "working size")
+    return SourceFeatures(
+        pixels=pixels,
+        size=size,
+        tokens=dino.encode(pixels, size) if dino is not None else None,
+        clip_embedding=clip.encode(pixels, tuple(prior_size)) if clip is not None else None,
+    )
+
+
+@dataclass
 class PipelineResult:
     images: torch.Tensor  # [N, 3, H, W] in [0, 1]: refined (or coarse when there is no stage 3)
     coarse: torch.Tensor  # stage 2's target half, [N, 3, H, W]
@@ -120,7 +155,9 @@ class PCDMsPipeline:
         prior_settings = prior_settings or StageSettings()
         inpaint_settings = inpaint_settings or StageSettings()
         refine_settings = refine_settings or StageSettings()
-        src = im.as_uint8_batch(source)
+        features = encode_source(source, self.dino, self.clip if self.inpaint.uses_prior else None,
+                                 size=size, prior_size=prior_size)
+        src, tokens = features.pixels, features.tokens
 
         def stage_cb(name: str):
             return (lambda info: callback(name, info)) if callback is not None else None
@@ -128,14 +165,13 @@ class PCDMsPipeline:
         def seed_of(s: StageSettings) -> SeedLike:
             return seed if s.seed is None else s.seed
 
-        tokens = self.dino.encode(src, tuple(size))
         embedding = None
         if self.inpaint.uses_prior:
             if not isinstance(source_pose, Pose) or not isinstance(target_pose, Pose):
                 raise InputError("the prior needs keypoint poses (Pose), not pose images")
             embedding = sample_prior(
                 self.prior,
-                self.clip.encode(src, tuple(prior_size)),
+                features.clip_embedding,
                 pose_vector(source_pose),
                 pose_vector(target_pose),
                 steps=prior_settings.steps or 20,

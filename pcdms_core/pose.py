@@ -244,6 +244,33 @@ def choose_person(people: Sequence[Pose], person: Union[int, str] = "largest", *
     return chosen
 
 
+def poses_from_keypoints(
+    data: Any,
+    *,
+    person: Union[int, str] = "largest",
+    canvas: Optional[tuple[int, int]] = None,
+    normalized: Optional[bool] = None,
+    min_joints: int = MIN_JOINTS,
+) -> list[Pose]:
+    """One chosen person per frame of a ``POSE_KEYPOINT`` value (see ``choose_person``)."""
+    frames = _frames(data)
+    if not frames:
+        raise PoseError("the pose holds no frames")
+    out = []
+    for i in range(len(frames)):
+        try:
+            people = people_from_keypoints(frames, frame=i, canvas=canvas, normalized=normalized)
+            out.append(choose_person(people, person, min_joints=min_joints))
+        except PoseError as exc:
+            raise PoseError(f"frame {i}: {exc}" if len(frames) > 1 else str(exc)) from None
+    return out
+
+
+def poses_to_keypoints(poses: Sequence[Pose]) -> list[dict]:
+    """Poses as a ``POSE_KEYPOINT`` value: one frame per pose, pixel coordinates on each pose's canvas."""
+    return [p.to_pose_keypoint() for p in poses]
+
+
 def _parse_deepfashion_text(text: str, canvas: Optional[tuple[int, int]], source: str) -> Pose:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     # GFLA / PATN annotation: "name: [y...]: [x...]" (a header line "name:keypoints_y:keypoints_x" may precede)

@@ -58,7 +58,8 @@ class DiffusersCodec(LatentCodec):
 
 
 def as_codec(vae) -> LatentCodec:
-    return vae if isinstance(vae, LatentCodec) else DiffusersCodec(vae)
+    """A ``LatentCodec`` is used as it is (duck-typed); anything else is taken for a diffusers AutoencoderKL."""
+    return vae if callable(getattr(vae, "moments", None)) else DiffusersCodec(vae)
 
 
 def downscale_factor(vae) -> int:

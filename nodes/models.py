@@ -1,0 +1,203 @@
+"""ComfyUI plumbing shared by the nodes: model folders, dtypes, ModelPatcher holders, the VAE adapter,
+progress and previews, and IMAGE conversions. No PCDMs maths lives here (that is ``pcdms_core``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import comfy.latent_formats
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+import latent_preview
+
+from ..pcdms_core import images as core_images
+from ..pcdms_core.errors import InputError
+from ..pcdms_core.vae import LatentCodec
+
+PCDMS_FOLDER = "pcdms"
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPE_CHOICES = ["auto", "fp16", "bf16", "fp32"]
+
+
+def register_model_folder() -> None:
+    """``models/pcdms``, merged with whatever extra_model_paths.yaml already set for "pcdms"."""
+    default = os.path.join(folder_paths.models_dir, PCDMS_FOLDER)
+    exts = set(folder_paths.supported_pt_extensions)
+    if PCDMS_FOLDER in folder_paths.folder_names_and_paths:
+        paths, old_exts = folder_paths.folder_names_and_paths[PCDMS_FOLDER]
+        paths = list(paths)
+        if default not in paths:
+            paths.append(default)
+        folder_paths.folder_names_and_paths[PCDMS_FOLDER] = (paths, set(old_exts) | exts)
+    else:
+        folder_paths.folder_names_and_paths[PCDMS_FOLDER] = ([default], exts)
+
+
+EXAMPLE_INPUTS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def install_example_inputs() -> None:
+    """Copy the example source image and poses the workflows use into ComfyUI's input folder, once."""
+    try:
+        target = Path(folder_paths.get_input_directory())
+        for src in EXAMPLE_INPUTS.glob("pcdms_example_*"):
+            if not (target / src.name).exists():
+                shutil.copyfile(src, target / src.name)
+    except OSError as exc:  # a read-only input folder must not stop the pack from loading
+        logging.warning("PCDMs: could not copy the example inputs to ComfyUI's input folder: %s", exc)
+
+
+def model_files(folder: str) -> list[str]:
+    return folder_paths.get_filename_list(folder)
+
+
+def full_path(folder: str, name: str) -> str:
+    """The file's path, or an error that names the folder to put it in."""
+    path = folder_paths.get_full_path(folder, name)
+    if path is None:
+        raise InputError(
+            f"model file {name!r} was not found in models/{folder} (or the {folder} paths of extra_model_paths.yaml); "
+            "put it there and press R to refresh the lists"
+        )
+    return path
+
+
+def load_dtype(choice: str) -> torch.dtype:
+    """The loader's dtype: ComfyUI's choice for this device when "auto", otherwise the user's."""
+    if choice != "auto":
+        return DTYPES[choice]
+    return mm.unet_dtype(mm.get_torch_device(), supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+
+
+class ModelHolder(torch.nn.Module):
+    """A plain module around one of our models, with the settable ``device`` ModelPatcher needs."""
+
+    def __init__(self, inner: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.inner = inner
+        self.device = torch.device("cpu")
+        self._dtype = dtype
+
+    def get_dtype(self) -> torch.dtype:
+        return self._dtype
+
+
+@dataclass
+class ManagedModel:
+    """What our loaders output: a ModelPatcher (ComfyUI loads and offloads it) plus what the file is."""
+
+    patcher: Any
+    kind: str  # "prior" | "inpaint" | "refine" | "clip" | "dinov2" | "vae"
+    name: str
+    info: Any = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def wrap(cls, model: torch.nn.Module, kind: str, name: str, dtype: torch.dtype, info: Any = None) -> "ManagedModel":
+        patcher = comfy.model_patcher.ModelPatcher(
+            ModelHolder(model, dtype), load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+        )
+        return cls(patcher=patcher, kind=kind, name=name, info=info)
+
+    def load(self, memory_required: int = 0) -> torch.nn.Module:
+        """Bring the model to its device through ComfyUI's model management; returns the inner model."""
+        mm.load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=True)
+        return self.patcher.model.inner
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patcher.model.get_dtype()
+
+
+def working_memory(batch: int, latent_h: int, latent_w: int, dtype: torch.dtype) -> int:
+    """A rough activation budget for a UNet step (ComfyUI frees this much before loading)."""
+    return int(batch * latent_h * latent_w * 64 * 1024 * mm.dtype_size(dtype) / 4) + 256 * 1024 * 1024
+
+
+# --- VAE ---------------------------------------------------------------------------------------------------------
+
+class ComfyVAECodec(LatentCodec):
+    """ComfyUI's ``VAE`` (from Load VAE) seen by the stages as a ``LatentCodec``.
+
+    ComfyUI's own ``VAE.encode`` returns the posterior mean; PCDMs samples the posterior with the run's
+    generator, so the encoder's raw moments are taken from ``first_stage_model`` and ``pcdms_core`` does the
+    sampling. ``decode`` is ComfyUI's decoder without its [0, 1] post-processing.
+    """
+
+    scaling_factor = 0.18215  # the SD 2.1 latent scale (ComfyUI keeps it in the model's latent format)
+
+    def __init__(self, vae):
+        fsm = getattr(vae, "first_stage_model", None)
+        if getattr(vae, "latent_channels", None) != 4 or not all(hasattr(fsm, a) for a in ("encoder", "quant_conv", "decode")):
+            raise InputError(
+                "this VAE is not a Stable Diffusion KL-f8 VAE; PCDMs needs the SD 2.1-base VAE (4 latent channels)"
+            )
+        self.vae = vae
+        self.downscale = int(vae.downscale_ratio)
+
+    @property
+    def device(self) -> torch.device:
+        return self.vae.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vae.vae_dtype
+
+    def moments(self, pixels: torch.Tensor) -> torch.Tensor:
+        fsm = self.vae.first_stage_model
+        return fsm.quant_conv(fsm.encoder(pixels))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.first_stage_model.decode(z)
+
+
+def vae_for_stage(vae, pixel_shape: tuple[int, ...]) -> tuple[Any, Any, int]:
+    """For a stage's VAE input (ComfyUI's VAE, or ours from the PCDMs VAE Loader): what ``pcdms_core`` calls,
+    the ModelPatcher to load with the stage's model, and the memory to keep free for encoding and decoding."""
+    b, _, h, w = pixel_shape
+    if isinstance(vae, ManagedModel):
+        if vae.kind != "vae":
+            raise InputError(f"a {vae.kind} model was connected where a VAE is needed")
+        return vae.patcher.model.inner, vae.patcher, b * h * w * 2048 * mm.dtype_size(vae.dtype)
+    codec = ComfyVAECodec(vae)
+    latent = (b, 4, h // codec.downscale, w // codec.downscale)
+    memory = vae.memory_used_encode(pixel_shape, codec.dtype) + vae.memory_used_decode(latent, codec.dtype)
+    return codec, vae.patcher, int(memory)
+
+
+# --- progress, previews, images -------------------------------------------------------------------------------------
+
+def step_callback(preview: bool = True):
+    """One per-step callback: ComfyUI's progress bar (which is also the Cancel check) and a latent preview."""
+    pbar = comfy.utils.ProgressBar(1)
+    previewer = latent_preview.get_previewer(mm.get_torch_device(), comfy.latent_formats.SD15()) if preview else None
+
+    def callback(info) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        image = None
+        if previewer is not None and info.denoised is not None:
+            image = previewer.decode_latent_to_preview_image("JPEG", info.denoised.float())
+        pbar.update_absolute(info.step + 1, info.total, image)
+
+    return callback
+
+
+def images_in(image: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE ``[B, H, W, C]`` floats to our uint8 ``[B, 3, H, W]`` (rounded, as the official 8-bit files)."""
+    if not torch.is_tensor(image) or image.ndim != 4:
+        raise InputError(f"expected an IMAGE batch [B, H, W, C], got {getattr(image, 'shape', type(image))}")
+    return core_images.as_uint8_batch(image.movedim(-1, 1))
+
+
+def images_out(bchw: torch.Tensor) -> torch.Tensor:
+    """Our ``[B, 3, H, W]`` in [0, 1] to a ComfyUI IMAGE on the intermediate device."""
+    return bchw.float().movedim(1, -1).contiguous().to(mm.intermediate_device())

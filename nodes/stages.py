@@ -1,0 +1,361 @@
+"""The stage nodes: encode the source once, then prior -> inpaint -> refine. Each takes and returns standard
+batches, so other nodes can sit between them."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+import comfy.model_management as mm
+from comfy_api.latest import io
+
+from ..pcdms_core import images as core_images
+from ..pcdms_core.errors import InputError
+from ..pcdms_core.inpaint import DEFAULTS as INPAINT_DEFAULTS
+from ..pcdms_core.inpaint import sample_inpaint
+from ..pcdms_core.pipeline import SourceFeatures, encode_source
+from ..pcdms_core.pose import pose_vector, poses_from_keypoints, render_pose
+from ..pcdms_core.prior import sample_prior
+from ..pcdms_core.refine import sample_refine
+from ..pcdms_core.sampling import PRIOR_SCHEDULERS, UNET_SCHEDULERS
+from .models import ManagedModel, images_in, images_out, step_callback, vae_for_stage, working_memory
+from .types import PcdmsClip, PcdmsDino, PcdmsEmbedding, PcdmsModel, PcdmsSource, PcdmsVae, PoseKeypoint
+
+CATEGORY = "PCDMs"
+MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
+STAGE_NAMES = {"prior": "PCDMs Prior", "inpaint": "PCDMs Inpaint", "refine": "PCDMs Refine"}
+
+
+def _seed() -> io.Int.Input:
+    return io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
+                        tooltip="The same seed gives the same image on the same device.")
+
+
+def _steps(default: int, tip: str) -> io.Int.Input:
+    return io.Int.Input("steps", default=default, min=1, max=1000, tooltip=tip)
+
+
+def _cfg(default: float, tip: str) -> io.Float.Input:
+    return io.Float.Input("cfg", default=default, min=0.0, max=30.0, step=0.1, round=0.01, tooltip=tip)
+
+
+def _vae_input() -> io.MultiType.Input:
+    return io.MultiType.Input(
+        "vae", types=[io.Vae, PcdmsVae],
+        tooltip="The SD 2.1-base VAE, from ComfyUI's Load VAE or the PCDMs VAE Loader.",
+    )
+
+
+def _stage_model(model: ManagedModel, stage: str) -> ManagedModel:
+    if not isinstance(model, ManagedModel) or model.kind != stage:
+        got = getattr(model, "info", None)
+        what = got.title if got is not None else getattr(model, "kind", type(model).__name__)
+        raise InputError(
+            f"{STAGE_NAMES[stage]} got {getattr(model, 'name', 'a model')!r}, which is a {what} checkpoint: connect "
+            f"the checkpoint loader that holds the {stage} stage's file"
+        )
+    return model
+
+
+def _batch(count: int, *named: tuple[str, int]) -> int:
+    """The common batch of per-source inputs: each must be 1 or the same number."""
+    sizes = {n for _, n in named if n != 1}
+    if len(sizes) > 1:
+        parts = ", ".join(f"{name} {n}" for name, n in named)
+        raise InputError(f"batch sizes do not match ({parts}): give one of each, or the same number of each")
+    return sizes.pop() if sizes else count
+
+
+def _repeat(x: torch.Tensor, batch: int) -> torch.Tensor:
+    return x if x.shape[0] == batch else x.expand(batch, *x.shape[1:])
+
+
+def _select(features: SourceFeatures, batch: int) -> SourceFeatures:
+    """The source bundle broadcast to ``batch`` (one source with several poses)."""
+    if features.batch == batch:
+        return features
+    return SourceFeatures(
+        pixels=_repeat(features.pixels, batch), size=features.size,
+        tokens=None if features.tokens is None else _repeat(features.tokens, batch),
+        clip_embedding=None if features.clip_embedding is None else _repeat(features.clip_embedding, batch),
+    )
+
+
+class PCDMsEncodeSource(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PCDMsEncodeSource",
+            display_name="PCDMs Encode Source",
+            category=CATEGORY,
+            description=(
+                "Encodes the source person once for all stages: DINOv2 tokens for inpainting and refining, and the "
+                "CLIP embedding for the prior (connect clip when you use the prior). The image is stretched to the "
+                "working size, as the official code does; the stages work at that size."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="The source person (a batch gives one source per image)."),
+                PcdmsDino.Input("dino", tooltip="From PCDMs DINOv2 Loader."),
+                PcdmsClip.Input("clip", optional=True, tooltip="From PCDMs CLIP Vision Loader; needed by the prior."),
+                io.Int.Input("width", default=512, min=64, max=2048, step=64,
+                             tooltip="Working width of one half of the canvas (official: 512)."),
+                io.Int.Input("height", default=512, min=64, max=2048, step=64,
+                             tooltip="Working height (official: 512; the models were trained on square halves)."),
+            ],
+            outputs=[PcdmsSource.Output(display_name="source")],
+        )
+
+    @classmethod
+    def execute(cls, image, dino, width, height, clip=None) -> io.NodeOutput:
+        return io.NodeOutput(run_encode(image, dino, clip, width, height))
+
+
+def _encoder(model: Optional[ManagedModel], kind: str) -> Optional[ManagedModel]:
+    if model is not None and (not isinstance(model, ManagedModel) or model.kind != kind):
+        want = {"clip": "PCDMs CLIP Vision Loader", "dinov2": "PCDMs DINOv2 Loader"}[kind]
+        raise InputError(f"connect the output of {want} here")
+    return model
+
+
+def run_encode(image, dino, clip, width, height) -> SourceFeatures:
+    dino, clip = _encoder(dino, "dinov2"), _encoder(clip, "clip")
+    managed = [m for m in (dino, clip) if m is not None]
+    mm.load_models_gpu([m.patcher for m in managed], force_full_load=True)
+    features = encode_source(
+        images_in(image), dino.patcher.model.inner, clip.patcher.model.inner if clip is not None else None,
+        size=(width, height),
+    )
+    features.tokens = features.tokens.to(mm.intermediate_device())
+    if features.clip_embedding is not None:
+        features.clip_embedding = features.clip_embedding.to(mm.intermediate_device())
+    return features
+
+
+def run_prior(model: ManagedModel, source: SourceFeatures, source_pose, target_pose, seed, steps, cfg, scheduler):
+    model = _stage_model(model, "prior")
+    if source.clip_embedding is None:
+        raise InputError("the prior needs the source's CLIP embedding: connect a CLIP loader to PCDMs Encode Source")
+    src_poses = poses_from_keypoints(source_pose)
+    tgt_poses = poses_from_keypoints(target_pose)
+    batch = _batch(1, ("source images", source.batch), ("source poses", len(src_poses)), ("target poses", len(tgt_poses)))
+    prior = model.load()
+    embedding = sample_prior(
+        prior, _repeat(source.clip_embedding, batch), _repeat(pose_vector(src_poses), batch),
+        _repeat(pose_vector(tgt_poses), batch), steps=steps, guidance_scale=cfg, scheduler=scheduler,
+        generator=seed, callback=step_callback(preview=False),
+    )
+    return embedding.to(mm.intermediate_device())
+
+
+class PCDMsPrior(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PCDMsPrior",
+            display_name="PCDMs Prior",
+            category=CATEGORY,
+            description=(
+                "Stage 1: predicts the CLIP embedding of the person in the target pose, from the source's embedding "
+                "and both poses. Feeds the paper inpainting model (the demo checkpoint does not use it)."
+            ),
+            inputs=[
+                PcdmsModel.Input("model", tooltip="A stage-1 prior checkpoint (s1_*.pt)."),
+                PcdmsSource.Input("source", tooltip="From PCDMs Encode Source, with a CLIP loader connected."),
+                PoseKeypoint.Input("source_pose", tooltip="Keypoints of the source person (DWPose / OpenPose / PCDMs Load Pose)."),
+                PoseKeypoint.Input("target_pose", tooltip="Keypoints of the wanted pose; several frames give several targets."),
+                _seed(),
+                _steps(20, "Sampling steps (official: 20)."),
+                _cfg(1.0, "Guidance; the official runs use none (1.0). Above 1 the unconditional branch has zero "
+                          "image embedding and zero pose tokens."),
+                io.Combo.Input("scheduler", options=list(PRIOR_SCHEDULERS), default="unclip",
+                               tooltip="unclip is the official sampler."),
+            ],
+            outputs=[PcdmsEmbedding.Output(display_name="embedding")],
+        )
+
+    @classmethod
+    def execute(cls, model, source, source_pose, target_pose, seed, steps, cfg, scheduler) -> io.NodeOutput:
+        return io.NodeOutput(run_prior(model, source, source_pose, target_pose, seed, steps, cfg, scheduler))
+
+
+def _pose_images(keypoints, image, what: str, size) -> Optional[torch.Tensor]:
+    if image is not None:
+        return images_in(image)
+    if keypoints is not None:
+        return torch.stack([render_pose(p, size) for p in poses_from_keypoints(keypoints)])
+    raise InputError(f"connect the {what} pose: keypoints ({what}_pose) or a skeleton image ({what}_pose_image)")
+
+
+def run_inpaint(model, vae, source: SourceFeatures, embedding, source_pose, target_pose, source_pose_image,
+                target_pose_image, seed, steps, cfg, scheduler, batch_size):
+    model = _stage_model(model, "inpaint")
+    variant = model.info.variant
+    if source.tokens is None:
+        raise InputError("the source has no DINOv2 tokens: connect a DINOv2 loader to PCDMs Encode Source")
+    if variant == "paper" and embedding is None:
+        raise InputError("the paper inpainting checkpoint needs the prior's embedding: connect PCDMs Prior")
+    if variant == "demo" and embedding is not None:
+        raise InputError("the demo checkpoint (PCDMs_ckpt.pt) takes no prior embedding: disconnect it")
+    sp = _pose_images(source_pose, source_pose_image, "source", source.size)
+    tp = _pose_images(target_pose, target_pose_image, "target", source.size)
+    named = [("source images", source.batch), ("source poses", sp.shape[0]), ("target poses", tp.shape[0])]
+    if embedding is not None:
+        named.append(("prior embeddings", embedding.shape[0]))
+    batch = _batch(1, *named)
+    src = _select(source, batch)
+    w, h = source.size
+    vae_model, vae_patcher, vae_memory = vae_for_stage(vae, (batch * batch_size, 3, h, 2 * w))
+    memory = working_memory(2 * batch * batch_size, h // 8, 2 * w // 8, model.dtype) + vae_memory
+    mm.load_models_gpu([model.patcher, vae_patcher], memory_required=memory, force_full_load=True)
+    result = sample_inpaint(
+        model.patcher.model.inner, vae_model, src.pixels, _repeat(sp, batch), _repeat(tp, batch), src.tokens,
+        None if embedding is None else _repeat(embedding, batch), size=source.size, steps=steps,
+        guidance_scale=cfg, scheduler=INPAINT_DEFAULTS[variant]["scheduler"] if scheduler == "auto" else scheduler,
+        generator=seed, num_images=batch_size, callback=step_callback(),
+    )
+    return result
+
+
+class PCDMsInpaint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PCDMsInpaint",
+            display_name="PCDMs Inpaint",
+            category=CATEGORY,
+            description=(
+                "Stage 2: draws the source person in the target pose (source and target side by side, the right half "
+                "is the result). Works with the paper checkpoint (needs the prior's embedding) and the released demo "
+                "checkpoint PCDMs_ckpt.pt (no prior). Poses come as keypoints (rendered here) or as skeleton images."
+            ),
+            inputs=[
+                PcdmsModel.Input("model", tooltip="A stage-2 checkpoint: s2_512.pt (paper) or PCDMs_ckpt.pt (demo)."),
+                _vae_input(),
+                PcdmsSource.Input("source", tooltip="From PCDMs Encode Source."),
+                PcdmsEmbedding.Input("embedding", optional=True, tooltip="From PCDMs Prior (paper checkpoint only)."),
+                PoseKeypoint.Input("source_pose", optional=True, tooltip="Keypoints of the source person."),
+                PoseKeypoint.Input("target_pose", optional=True, tooltip="Keypoints of the wanted pose (several frames: several targets)."),
+                io.Image.Input("source_pose_image", optional=True, tooltip="Instead of source_pose: a rendered skeleton image."),
+                io.Image.Input("target_pose_image", optional=True, tooltip="Instead of target_pose: a rendered skeleton image (e.g. from DWPose)."),
+                _seed(),
+                _steps(20, "Sampling steps (official: 20 for the paper model, 50 for the demo checkpoint)."),
+                _cfg(2.0, "Guidance (official: 2.0 for both checkpoints)."),
+                io.Combo.Input("scheduler", options=["auto"] + list(UNET_SCHEDULERS), default="auto",
+                               tooltip="auto: the official sampler of the checkpoint (UniPC for the paper model, DDIM for the demo)."),
+                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per source."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="image", tooltip="The coarse target image (working size)."),
+                io.Image.Output(display_name="canvas", tooltip="The whole [source | target] canvas the model drew."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, source, seed, steps, cfg, scheduler, batch_size, embedding=None, source_pose=None,
+                target_pose=None, source_pose_image=None, target_pose_image=None) -> io.NodeOutput:
+        result = run_inpaint(model, vae, source, embedding, source_pose, target_pose, source_pose_image,
+                             target_pose_image, seed, steps, cfg, scheduler, batch_size)
+        return io.NodeOutput(images_out(result.target), images_out(result.canvas))
+
+
+def run_refine(model, vae, source: SourceFeatures, coarse, seed, steps, cfg, cfg_rescale, scheduler):
+    """``coarse``: uint8 [N, 3, H, W] images to refine."""
+    model = _stage_model(model, "refine")
+    if source.tokens is None:
+        raise InputError("the source has no DINOv2 tokens: connect a DINOv2 loader to PCDMs Encode Source")
+    n, b = coarse.shape[0], source.batch
+    if n != b and (b == 0 or n % b):
+        raise InputError(f"{n} images to refine but {b} sources: give one source, or a whole number of images per source")
+    tokens = source.tokens.repeat_interleave(n // b, dim=0) if n != b else source.tokens
+    w, h = source.size
+    vae_model, vae_patcher, vae_memory = vae_for_stage(vae, (n, 3, h, w))
+    memory = working_memory(2 * n, h // 8, w // 8, model.dtype) + vae_memory
+    mm.load_models_gpu([model.patcher, vae_patcher], memory_required=memory, force_full_load=True)
+    return sample_refine(
+        model.patcher.model.inner, vae_model, coarse, tokens, size=source.size, steps=steps, guidance_scale=cfg,
+        guidance_rescale=None if cfg_rescale < 0 else cfg_rescale, scheduler=scheduler, generator=seed,
+        callback=step_callback(),
+    ).images
+
+
+class PCDMsRefine(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PCDMsRefine",
+            display_name="PCDMs Refine",
+            category=CATEGORY,
+            description=(
+                "Stage 3: restores texture and detail of a coarse image, guided by the source person. Takes any "
+                "IMAGE batch, so other nodes (upscale, colour match, face fixes) can sit before it."
+            ),
+            inputs=[
+                PcdmsModel.Input("model", tooltip="A stage-3 checkpoint (s3_*.pt)."),
+                _vae_input(),
+                PcdmsSource.Input("source", tooltip="From PCDMs Encode Source (the same source as stage 2)."),
+                io.Image.Input("image", tooltip="The coarse image(s) to refine, e.g. PCDMs Inpaint's output."),
+                _seed(),
+                _steps(20, "Sampling steps (official: 20)."),
+                _cfg(1.0, "Guidance; 1.0 (none) as the paper's runs most likely used."),
+                io.Float.Input("cfg_rescale", default=-1.0, min=-1.0, max=4.0, step=0.05, round=0.01,
+                               tooltip="Guidance rescale; -1 makes it equal to cfg, as the official script does."),
+                io.Combo.Input("scheduler", options=list(UNET_SCHEDULERS), default="unipc",
+                               tooltip="unipc is the official sampler."),
+            ],
+            outputs=[io.Image.Output(display_name="image")],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, source, image, seed, steps, cfg, cfg_rescale, scheduler) -> io.NodeOutput:
+        refined = run_refine(model, vae, source, images_in(image), seed, steps, cfg, cfg_rescale, scheduler)
+        return io.NodeOutput(images_out(refined))
+
+
+class PCDMsAllStages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PCDMsAllStages",
+            display_name="PCDMs All Stages",
+            category=CATEGORY,
+            description=(
+                "Convenience: encode, prior, inpaint and refine in one node with the official settings. The separate "
+                "nodes do the same and let you change each stage or put other nodes between them."
+            ),
+            inputs=[
+                PcdmsModel.Input("inpaint_model", tooltip="Stage-2 checkpoint (paper or demo)."),
+                _vae_input(),
+                PcdmsDino.Input("dino", tooltip="From PCDMs DINOv2 Loader."),
+                io.Image.Input("image", tooltip="The source person."),
+                PoseKeypoint.Input("source_pose", tooltip="Keypoints of the source person."),
+                PoseKeypoint.Input("target_pose", tooltip="Keypoints of the wanted pose."),
+                PcdmsModel.Input("prior_model", optional=True, tooltip="Stage-1 checkpoint (needed by the paper stage 2)."),
+                PcdmsClip.Input("clip", optional=True, tooltip="CLIP ViT-H/14 (needed with the prior)."),
+                PcdmsModel.Input("refine_model", optional=True, tooltip="Stage-3 checkpoint; without it the coarse image is returned."),
+                _seed(),
+                io.Int.Input("width", default=512, min=64, max=2048, step=64, tooltip="Working width per half (official: 512)."),
+                io.Int.Input("height", default=512, min=64, max=2048, step=64, tooltip="Working height (official: 512)."),
+                io.Int.Input("inpaint_steps", default=20, min=1, max=1000, tooltip="Official: 20 (paper), 50 (demo)."),
+                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per source."),
+            ],
+            outputs=[io.Image.Output(display_name="image"), io.Image.Output(display_name="coarse")],
+        )
+
+    @classmethod
+    def execute(cls, inpaint_model, vae, dino, image, source_pose, target_pose, seed, width, height, inpaint_steps,
+                batch_size, prior_model=None, clip=None, refine_model=None) -> io.NodeOutput:
+        source = run_encode(image, dino, clip, width, height)
+        embedding = None
+        if prior_model is not None:
+            embedding = run_prior(prior_model, source, source_pose, target_pose, seed, 20, 1.0, "unclip")
+        result = run_inpaint(inpaint_model, vae, source, embedding, source_pose, target_pose, None, None, seed,
+                             inpaint_steps, 2.0, "auto", batch_size)
+        coarse = result.target
+        final = coarse
+        if refine_model is not None:
+            final = run_refine(refine_model, vae, source, core_images.to_uint8(coarse), seed, 20, 1.0, -1.0, "unipc")
+        return io.NodeOutput(images_out(final), images_out(coarse))
+
+
+NODES = [PCDMsEncodeSource, PCDMsPrior, PCDMsInpaint, PCDMsRefine, PCDMsAllStages]

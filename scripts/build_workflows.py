@@ -1,0 +1,307 @@
+"""Write the example workflows in workflows/ (ComfyUI UI format) and their .jpg thumbnails.
+
+    python scripts/build_workflows.py [OUT_DIR]
+
+Each workflow is described below as nodes, widget values by name and links by output/input name; widget
+order and types come from the nodes' schemas (ours through the test stand-ins, core and controlnet_aux
+ones from tests/fixtures/core_node_schemas.json), so the files stay consistent with the code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import comfy_stub  # noqa: E402
+from workflow_tools import (  # noqa: E402
+    WORKFLOWS, check_workflow, is_widget, offline_object_info, ordered_inputs, takes_control_value, widget_inputs,
+)
+
+MODEL_FILES = {
+    "prior": "s1_512.pt",
+    "inpaint": "s2_512.pt",
+    "refine": "s3_512.pt",
+    "demo": "PCDMs_ckpt.pt",
+    "clip": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
+    "dino": "dinov2-giant.safetensors",
+    "vae": "sd21-base-vae.safetensors",
+}
+INPUTS = {
+    "source": "pcdms_example_source.png",
+    "source_pose": "pcdms_example_source_pose.json",
+    "target_pose": "pcdms_example_target_pose.json",
+    "target_pose_image": "pcdms_example_target_pose.png",
+    "pose_photo": "pcdms_example_pose_photo.png",
+}
+SIZES = {"Note": (420, 260), "LoadImage": (260, 330), "SaveImage": (330, 380), "PreviewImage": (260, 280)}
+MODELS_NOTE = (
+    "Model files (nothing is downloaded; put them here, then press R):\n"
+    "models/pcdms/\n"
+    "  s1_512.pt  stage-1 prior\n"
+    "  s2_512.pt  stage-2 inpainting (paper)\n"
+    "  s3_512.pt  stage-3 refining\n"
+    "  (official Google Drive folder 1W6rfMVPC6WIkVwAcNrm-LXAD3qxOhmK7; or our converted .safetensors)\n"
+    "models/clip_vision/\n"
+    "  CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors  (h94/IP-Adapter models/image_encoder/model.safetensors)\n"
+    "  dinov2-giant.safetensors  (facebook/dinov2-giant model.safetensors, renamed)\n"
+    "models/vae/\n"
+    "  sd21-base-vae.safetensors  (stabilityai/stable-diffusion-2-1-base vae/diffusion_pytorch_model.safetensors)\n"
+)
+DEMO_NOTE = (
+    "The released demo checkpoint (stage 2 only, no prior):\n"
+    "models/pcdms/PCDMs_ckpt.pt  (official Google Drive folder 1hnPm-GzaAtQKjgG_glhlQZieJ5g5Xd-y)\n"
+    "models/clip_vision/dinov2-giant.safetensors  (facebook/dinov2-giant)\n"
+    "models/vae/sd21-base-vae.safetensors  (stabilityai/stable-diffusion-2-1-base vae)\n\n"
+    "The target pose is a skeleton image here (like the official demo's pose PNGs); keypoints work too.\n"
+    "Official settings: DDIM (scheduler auto), 50 steps, cfg 2."
+)
+
+
+class Graph:
+    def __init__(self, object_info: dict):
+        self.info = object_info
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+
+    def node(self, type_: str, col: int, row: int, title: str | None = None, **widgets) -> dict:
+        node = {"id": len(self.nodes) + 1, "type": type_, "pos": [40 + col * 380, 40 + row * 190],
+                "size": list(SIZES.get(type_, (320, 150))), "flags": {}, "order": 0, "mode": 0,
+                "inputs": [], "outputs": [], "properties": {"Node name for S&R": type_}}
+        if title:
+            node["title"] = title
+        if type_ == "Note":
+            node.update(color="#432", bgcolor="#653", properties={}, widgets_values=[widgets["text"]])
+            self.nodes.append(node)
+            return node
+        info = self.info[type_]
+        for name, spec, optional in ordered_inputs(info):
+            if not is_widget(spec):
+                socket = {"name": name, "type": spec[0], "link": None}
+                if optional:
+                    socket["shape"] = 7
+                node["inputs"].append(socket)
+        for slot, (out_type, out_name) in enumerate(zip(info["output"], info["output_name"])):
+            node["outputs"].append({"name": out_name, "type": out_type, "links": [], "slot_index": slot})
+        values = []
+        for name, spec in widget_inputs(info):
+            default = spec[1].get("default") if len(spec) > 1 else None
+            if default is None and isinstance(spec[0], list):
+                default = spec[0][0]
+            values.append(widgets.pop(name, default))
+            if takes_control_value(spec):
+                values.append("fixed")
+        if type_ == "LoadImage":
+            values.append("image")  # the frontend's upload widget
+        if widgets:
+            raise KeyError(f"{type_} has no widgets {sorted(widgets)}")
+        node["widgets_values"] = values
+        self.nodes.append(node)
+        return node
+
+    def link(self, src: dict, output: str, dst: dict, input_: str) -> None:
+        out_slot = next(i for i, o in enumerate(src["outputs"]) if o["name"] == output)
+        in_slot = next(i for i, s in enumerate(dst["inputs"]) if s["name"] == input_)
+        link_id = len(self.links) + 1
+        out_type = src["outputs"][out_slot]["type"]
+        self.links.append([link_id, src["id"], out_slot, dst["id"], in_slot, out_type])
+        src["outputs"][out_slot]["links"].append(link_id)
+        dst["inputs"][in_slot]["link"] = link_id
+
+    def to_json(self) -> dict:
+        # execution order: a node after everything it reads from
+        deps = {n["id"]: {l[1] for l in self.links if l[3] == n["id"]} for n in self.nodes}
+        order, done = [], set()
+        while len(order) < len(self.nodes):
+            for n in self.nodes:
+                if n["id"] not in done and deps[n["id"]] <= done:
+                    order.append(n["id"])
+                    done.add(n["id"])
+        for n in self.nodes:
+            n["order"] = order.index(n["id"])
+        return {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, json.dumps([n["type"] for n in self.nodes]))),
+            "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(self.links),
+            "nodes": self.nodes, "links": self.links, "groups": [], "config": {},
+            "extra": {"ds": {"scale": 0.7, "offset": [0, 0]}}, "version": 0.4,
+        }
+
+
+def _loaders(g: Graph, prior=True, refine=True, inpaint_file=MODEL_FILES["inpaint"], row=0):
+    out = {}
+    if prior:
+        out["clip"] = g.node("PCDMsCLIPVisionLoader", 1, row, encoder_name=MODEL_FILES["clip"])
+        out["prior"] = g.node("PCDMsCheckpointLoader", 1, row + 3, title="Stage 1: prior", ckpt_name=MODEL_FILES["prior"])
+    out["dino"] = g.node("PCDMsDINOv2Loader", 1, row + 1, encoder_name=MODEL_FILES["dino"])
+    out["vae"] = g.node("VAELoader", 1, row + 2, vae_name=MODEL_FILES["vae"])
+    out["inpaint"] = g.node("PCDMsCheckpointLoader", 1, row + 4, title="Stage 2: inpainting", ckpt_name=inpaint_file)
+    if refine:
+        out["refine"] = g.node("PCDMsCheckpointLoader", 1, row + 5, title="Stage 3: refining", ckpt_name=MODEL_FILES["refine"])
+    return out
+
+
+def _three_stages(g: Graph, src_img, src_pose, tgt_pose, between=None, seed=42):
+    """Encode -> prior -> inpaint -> (between) -> refine. Poses are (node, output name); ``between`` is
+    (first node, last node, last node's output) of a chain placed between inpainting and refining."""
+    m = _loaders(g)
+    enc = g.node("PCDMsEncodeSource", 2, 0, width=512, height=512)
+    g.link(src_img, "IMAGE", enc, "image")
+    g.link(m["dino"], "dino", enc, "dino")
+    g.link(m["clip"], "clip", enc, "clip")
+    prior = g.node("PCDMsPrior", 2, 2, seed=seed, steps=20, cfg=1.0, scheduler="unclip")
+    g.link(m["prior"], "model", prior, "model")
+    g.link(enc, "source", prior, "source")
+    g.link(*src_pose, prior, "source_pose")
+    g.link(*tgt_pose, prior, "target_pose")
+    inpaint = g.node("PCDMsInpaint", 3, 0, seed=seed, steps=20, cfg=2.0, scheduler="auto", batch_size=1)
+    g.link(m["inpaint"], "model", inpaint, "model")
+    g.link(m["vae"], "VAE", inpaint, "vae")
+    g.link(enc, "source", inpaint, "source")
+    g.link(prior, "embedding", inpaint, "embedding")
+    g.link(*src_pose, inpaint, "source_pose")
+    g.link(*tgt_pose, inpaint, "target_pose")
+    coarse_preview = g.node("PreviewImage", 4, 0, title="Stage 2: coarse target")
+    g.link(inpaint, "image", coarse_preview, "images")
+    refine = g.node("PCDMsRefine", 4, 2, seed=seed, steps=20, cfg=1.0, cfg_rescale=-1.0, scheduler="unipc")
+    g.link(m["refine"], "model", refine, "model")
+    g.link(m["vae"], "VAE", refine, "vae")
+    g.link(enc, "source", refine, "source")
+    if between is None:
+        g.link(inpaint, "image", refine, "image")
+    else:
+        first, last, out_name = between
+        g.link(inpaint, "image", first, "image")
+        g.link(last, out_name, refine, "image")
+    return refine
+
+
+def paper(info) -> dict:
+    g = Graph(info)
+    g.node("Note", 0, 0, title="PCDMs: models", text=MODELS_NOTE + "\nThe three stages of the paper: prior -> inpainting -> refining.")
+    src = g.node("LoadImage", 0, 2, title="Source person", image=INPUTS["source"])
+    sp = g.node("PCDMsLoadPose", 0, 4, title="Source pose", pose_file=INPUTS["source_pose"])
+    tp = g.node("PCDMsLoadPose", 0, 5, title="Target pose", pose_file=INPUTS["target_pose"])
+    refine = _three_stages(g, src, (sp, "pose_keypoint"), (tp, "pose_keypoint"))
+    save = g.node("SaveImage", 5, 0, filename_prefix="PCDMs/paper")
+    g.link(refine, "image", save, "images")
+    return g.to_json()
+
+
+def demo(info) -> dict:
+    g = Graph(info)
+    g.node("Note", 0, 0, title="PCDMs demo checkpoint", text=DEMO_NOTE)
+    src = g.node("LoadImage", 0, 2, title="Source person", image=INPUTS["source"])
+    sp = g.node("PCDMsLoadPose", 0, 4, title="Source pose", pose_file=INPUTS["source_pose"])
+    tp = g.node("LoadImage", 0, 5, title="Target pose (skeleton image)", image=INPUTS["target_pose_image"])
+    m = _loaders(g, prior=False, refine=False, inpaint_file=MODEL_FILES["demo"])
+    enc = g.node("PCDMsEncodeSource", 2, 0, width=512, height=512)
+    g.link(src, "IMAGE", enc, "image")
+    g.link(m["dino"], "dino", enc, "dino")
+    inpaint = g.node("PCDMsInpaint", 3, 0, seed=42, steps=50, cfg=2.0, scheduler="auto", batch_size=1)
+    g.link(m["inpaint"], "model", inpaint, "model")
+    g.link(m["vae"], "VAE", inpaint, "vae")
+    g.link(enc, "source", inpaint, "source")
+    g.link(sp, "pose_keypoint", inpaint, "source_pose")
+    g.link(tp, "IMAGE", inpaint, "target_pose_image")
+    save = g.node("SaveImage", 4, 0, filename_prefix="PCDMs/demo")
+    g.link(inpaint, "image", save, "images")
+    return g.to_json()
+
+
+def dwpose(info) -> dict:
+    g = Graph(info)
+    g.node("Note", 0, 0, title="PCDMs with DWPose", text=MODELS_NOTE + (
+        "\nNeeds comfyui_controlnet_aux (DWPose Estimator). The target pose is detected on a photo of anyone and "
+        "moved onto the source body (PCDMs Align Pose)."))
+    src = g.node("LoadImage", 0, 2, title="Source person", image=INPUTS["source"])
+    photo = g.node("LoadImage", 0, 4, title="Photo with the wanted pose", image=INPUTS["pose_photo"])
+    dw_src = g.node("DWPreprocessor", 1, 6, title="Source pose (DWPose)", detect_face="disable")
+    dw_tgt = g.node("DWPreprocessor", 1, 7, title="Target pose (DWPose)", detect_face="disable")
+    g.link(src, "IMAGE", dw_src, "image")
+    g.link(photo, "IMAGE", dw_tgt, "image")
+    align = g.node("PCDMsAlignPose", 2, 4, scale=True, center=True)
+    g.link(dw_tgt, "POSE_KEYPOINT", align, "target_pose")
+    g.link(dw_src, "POSE_KEYPOINT", align, "source_pose")
+    preview = g.node("PreviewImage", 2, 6, title="Detected target pose")
+    g.link(dw_tgt, "IMAGE", preview, "images")
+    refine = _three_stages(g, src, (dw_src, "POSE_KEYPOINT"), (align, "pose_keypoint"))
+    save = g.node("SaveImage", 5, 0, filename_prefix="PCDMs/dwpose")
+    g.link(refine, "image", save, "images")
+    return g.to_json()
+
+
+def rewired(info) -> dict:
+    g = Graph(info)
+    g.node("Note", 0, 0, title="PCDMs stages rewired", text=MODELS_NOTE + (
+        "\nThe stages are separate nodes: here a core Image Sharpen sits between inpainting and refining, and a "
+        "core Upscale Image brings the result back to the source photo's 176:256 aspect."))
+    src = g.node("LoadImage", 0, 2, title="Source person", image=INPUTS["source"])
+    sp = g.node("PCDMsLoadPose", 0, 4, title="Source pose", pose_file=INPUTS["source_pose"])
+    tp = g.node("PCDMsLoadPose", 0, 5, title="Target pose", pose_file=INPUTS["target_pose"])
+    sharpen = g.node("ImageSharpen", 3, 3, sharpen_radius=1, sigma=1.0, alpha=0.5)
+    refine = _three_stages(g, src, (sp, "pose_keypoint"), (tp, "pose_keypoint"), between=(sharpen, sharpen, "IMAGE"))
+    scale = g.node("ImageScale", 5, 2, upscale_method="bicubic", width=352, height=512, crop="disabled")
+    g.link(refine, "image", scale, "image")
+    save = g.node("SaveImage", 5, 0, filename_prefix="PCDMs/rewired")
+    g.link(scale, "IMAGE", save, "images")
+    return g.to_json()
+
+
+BUILDERS = {
+    "pcdms_paper_three_stages": paper,
+    "pcdms_demo_checkpoint": demo,
+    "pcdms_dwpose_target_pose": dwpose,
+    "pcdms_stages_rewired": rewired,
+}
+TITLES = {
+    "pcdms_paper_three_stages": "PCDMs: prior, inpaint, refine",
+    "pcdms_demo_checkpoint": "PCDMs demo checkpoint",
+    "pcdms_dwpose_target_pose": "PCDMs + DWPose target",
+    "pcdms_stages_rewired": "PCDMs stages rewired",
+}
+
+
+def thumbnail(name: str, path: Path) -> None:
+    """A 512 x 384 card: the example source, the target skeleton, and the workflow's title."""
+    from PIL import Image, ImageDraw
+
+    card = Image.new("RGB", (512, 384), (24, 24, 28))
+    src = Image.open(ROOT / "assets" / INPUTS["source"]).convert("RGB").resize((176, 256))
+    pose = Image.open(ROOT / "assets" / INPUTS["target_pose_image"]).convert("RGB").resize((176, 256))
+    card.paste(src, (48, 40))
+    card.paste(pose, (288, 40))
+    draw = ImageDraw.Draw(card)
+    draw.polygon([(236, 150), (268, 168), (236, 186)], fill=(230, 230, 230))
+    draw.text((48, 320), TITLES[name], fill=(240, 240, 240))
+    card.save(path, quality=90)
+
+
+def build(out_dir: Path = WORKFLOWS) -> list[Path]:
+    with tempfile.TemporaryDirectory() as tmp:
+        modules = comfy_stub.install(Path(tmp))
+        try:
+            info = offline_object_info(comfy_stub.import_pack())
+        finally:
+            comfy_stub.uninstall(modules)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, builder in BUILDERS.items():
+        wf = builder(info)
+        problems = check_workflow(wf, info)
+        if problems:
+            raise SystemExit(f"{name}: " + "; ".join(problems))
+        path = out_dir / f"{name}.json"
+        path.write_text(json.dumps(wf, indent=1) + "\n")
+        thumbnail(name, out_dir / f"{name}.jpg")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for p in build(Path(sys.argv[1]) if len(sys.argv) > 1 else WORKFLOWS):
+        print(p)

@@ -1,0 +1,81 @@
+"""The shipped workflows, checked without ComfyUI: valid UI-format JSON with a thumbnail, only known node
+types, links whose types match the schemas, Notes naming the model files, and up to date with the builder."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import comfy_stub
+from workflow_tools import WORKFLOWS, check_workflow, load_workflows, offline_object_info, ui_to_api
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE_AND_AUX = {"LoadImage", "VAELoader", "SaveImage", "PreviewImage", "ImageScale", "ImageSharpen", "DWPreprocessor", "Note"}
+EXPECTED = {"pcdms_paper_three_stages", "pcdms_demo_checkpoint", "pcdms_dwpose_target_pose", "pcdms_stages_rewired"}
+
+
+@pytest.fixture(scope="module")
+def object_info(tmp_path_factory):
+    modules = comfy_stub.install(tmp_path_factory.mktemp("comfy"))
+    try:
+        yield offline_object_info(comfy_stub.import_pack())
+    finally:
+        comfy_stub.uninstall(modules)
+
+
+def test_the_four_workflows_exist_with_thumbnails():
+    workflows = load_workflows()
+    assert set(workflows) == EXPECTED
+    for name in workflows:
+        thumb = WORKFLOWS / f"{name}.jpg"
+        assert thumb.exists(), f"{name} has no thumbnail"
+        assert Image.open(thumb).format == "JPEG"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_workflow_is_sound(object_info, name):
+    wf = load_workflows()[name]
+    assert wf["version"] == 0.4 and wf["last_node_id"] == max(n["id"] for n in wf["nodes"])
+    ours = {k for k in object_info if k.startswith("PCDMs")}
+    types = {n["type"] for n in wf["nodes"]}
+    assert types <= ours | CORE_AND_AUX, types - ours - CORE_AND_AUX
+    assert check_workflow(wf, object_info) == []
+    notes = " ".join(n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "Note")
+    assert "models/pcdms/" in notes and "models/clip_vision/" in notes and "models/vae/" in notes
+
+
+def test_conversion_to_the_api_format(object_info):
+    api = ui_to_api(load_workflows()["pcdms_paper_three_stages"], object_info)
+    by_type = {}
+    for node_id, node in api.items():
+        by_type.setdefault(node["class_type"], []).append((node_id, node))
+    assert "Note" not in by_type
+    (inpaint_id, inpaint), = by_type["PCDMsInpaint"]
+    assert inpaint["inputs"]["steps"] == 20 and inpaint["inputs"]["cfg"] == 2.0 and inpaint["inputs"]["seed"] == 42
+    prior_id = by_type["PCDMsPrior"][0][0]
+    assert inpaint["inputs"]["embedding"] == [prior_id, 0]
+    refine = by_type["PCDMsRefine"][0][1]
+    assert refine["inputs"]["image"] == [inpaint_id, 0] and refine["inputs"]["cfg_rescale"] == -1.0
+    loaders = sorted(n["inputs"]["ckpt_name"] for _, n in by_type["PCDMsCheckpointLoader"])
+    assert loaders == ["s1_512.pt", "s2_512.pt", "s3_512.pt"]
+    assert by_type["LoadImage"][0][1]["inputs"] == {"image": "pcdms_example_source.png"}
+
+
+def test_workflows_are_what_the_builder_writes(tmp_path):
+    """scripts/build_workflows.py regenerates the shipped files byte for byte (nothing edited by hand)."""
+    shipped = {p.name: p.read_bytes() for p in WORKFLOWS.glob("*.json")}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_workflows.py"), str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.json")} == shipped
+
+
+def test_example_inputs_are_shipped():
+    names = set()
+    for wf in load_workflows().values():
+        for node in wf["nodes"]:
+            if node["type"] in ("LoadImage", "PCDMsLoadPose"):
+                names.add(node["widgets_values"][0])
+    assert names and all((ROOT / "assets" / n).exists() for n in names), names
