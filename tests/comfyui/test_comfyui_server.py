@@ -1,0 +1,218 @@
+"""The pack in a real ComfyUI, started headless with --cpu on loopback (COMFYUI_PATH)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import pytest
+from PIL import Image
+
+from workflow_tools import check_workflow, load_workflows, ui_to_api
+
+OUR_NODES = {
+    "PCDMsCheckpointLoader", "PCDMsCLIPVisionLoader", "PCDMsDINOv2Loader", "PCDMsVAELoader", "PCDMsLoadPose",
+    "PCDMsSelectPerson", "PCDMsAlignPose", "PCDMsRenderPose", "PCDMsEncodeSource", "PCDMsPrior", "PCDMsInpaint",
+    "PCDMsRefine", "PCDMsAllStages",
+}
+# The workflows' working size is 512 (official); here 128 keeps the full-size VAE quick on a CPU.
+TEST_SIZE = 128
+
+
+def test_object_info_lists_every_node_with_tooltips(object_info):
+    assert OUR_NODES <= set(object_info)
+    for name in OUR_NODES:
+        node = object_info[name]
+        assert node["python_module"].endswith("ComfyUI-PCDMs")
+        assert node["description"] and node["display_name"].startswith("PCDMs")
+        for part in ("required", "optional"):
+            for inp, spec in node["input"].get(part, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{inp} has no tooltip"
+
+
+def test_model_folder_lists_the_extra_path(server):
+    assert "s2_512.pt" in server.get("/models/pcdms")
+
+
+def _api(workflow: dict, object_info: dict) -> dict:
+    prompt = ui_to_api(workflow, object_info)
+    for node in prompt.values():
+        if node["class_type"] == "PCDMsEncodeSource":
+            node["inputs"].update(width=TEST_SIZE, height=TEST_SIZE)
+    return prompt
+
+
+def _saved_images(server, entry: dict) -> list[Image.Image]:
+    out = []
+    for node_out in entry["outputs"].values():
+        for img in node_out.get("images", []):
+            if img["type"] == "output":
+                out.append(Image.open(server.base / "output" / img["subfolder"] / img["filename"]))
+    return out
+
+
+@pytest.mark.parametrize("name, size", [
+    ("pcdms_paper_three_stages", (TEST_SIZE, TEST_SIZE)),
+    ("pcdms_demo_checkpoint", (TEST_SIZE, TEST_SIZE)),
+    ("pcdms_dwpose_target_pose", (TEST_SIZE, TEST_SIZE)),
+    ("pcdms_stages_rewired", (352, 512)),
+])
+def test_shipped_workflow_runs(server, object_info, name, size):
+    workflow = load_workflows()[name]
+    assert check_workflow(workflow, object_info) == []  # against the live schemas, file lists included
+    entry = server.wait(server.queue(_api(workflow, object_info)))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    images = _saved_images(server, entry)
+    assert len(images) == 1 and images[0].size == size
+
+
+class Messages:
+    """The websocket messages of one client, collected on a thread."""
+
+    def __init__(self, server):
+        import websocket  # websocket-client
+
+        self.client_id = str(uuid.uuid4())
+        self.ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws?clientId={self.client_id}", timeout=5)
+        self.items: list[tuple[float, dict]] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        import websocket
+
+        while True:
+            try:
+                msg = self.ws.recv()
+            except websocket.WebSocketTimeoutException:
+                continue
+            except Exception:
+                return
+            if isinstance(msg, str) and msg:
+                self.items.append((time.time(), json.loads(msg)))
+
+    def of_type(self, kind: str) -> list[tuple[float, dict]]:
+        return [(t, m["data"]) for t, m in list(self.items) if m["type"] == kind]
+
+    def close(self):
+        self.ws.close()
+
+
+def test_interrupt_stops_a_stage_within_one_step(server, object_info):
+    workflow = load_workflows()["pcdms_demo_checkpoint"]
+    prompt = _api(workflow, object_info)
+    inpaint_id = next(k for k, v in prompt.items() if v["class_type"] == "PCDMsInpaint")
+    prompt[inpaint_id]["inputs"].update(steps=400, seed=123)
+    msgs = Messages(server)
+    try:
+        status, body = server.post("/prompt", {"prompt": prompt, "client_id": msgs.client_id})
+        assert status == 200, body
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            steps = [d for _, d in msgs.of_type("progress") if d.get("node") == inpaint_id]
+            if steps and steps[-1]["value"] >= 3:
+                break
+            time.sleep(0.05)
+        assert steps, "no progress from the inpaint node"
+        sent_at = time.time()
+        value_when_sent = steps[-1]["value"]
+        server.post("/interrupt", {})
+        deadline = time.time() + 120
+        while time.time() < deadline and not msgs.of_type("execution_interrupted"):
+            time.sleep(0.05)
+        interrupted = msgs.of_type("execution_interrupted")
+        assert interrupted and interrupted[0][1]["node_id"] == inpaint_id
+        after = [d["value"] for t, d in msgs.of_type("progress") if d.get("node") == inpaint_id and t > sent_at]
+        assert max(after, default=value_when_sent) <= value_when_sent + 2  # the step in flight, then it stops
+        assert max(after, default=value_when_sent) < 400
+    finally:
+        msgs.close()
+
+
+def _error_message(server, prompt: dict) -> str:
+    entry = server.wait(server.queue(prompt))
+    assert entry["status"]["status_str"] == "error"
+    errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    return errors[0]["exception_message"]
+
+
+def _paper_prompt(server, object_info) -> dict:
+    return _api(load_workflows()["pcdms_paper_three_stages"], object_info)
+
+
+def _node(prompt, class_type, title=None):
+    for node_id, node in prompt.items():
+        if node["class_type"] == class_type and (title is None or node["_meta"]["title"] == title):
+            return node_id, node
+    raise KeyError(class_type)
+
+
+def test_bad_input_gives_actionable_messages(server, object_info):
+    # a pose with nobody in it
+    (server.base / "input" / "nobody.json").write_text(json.dumps([{"people": [], "canvas_width": 64, "canvas_height": 64}]))
+    prompt = _paper_prompt(server, object_info)
+    _, target = _node(prompt, "PCDMsLoadPose", "Target pose")
+    target["inputs"]["pose_file"] = "nobody.json"
+    assert "nobody" in _error_message(server, prompt)
+
+    # a loader given another stage's file
+    prompt = _paper_prompt(server, object_info)
+    _, loader = _node(prompt, "PCDMsCheckpointLoader", "Stage 2: inpainting")
+    loader["inputs"]["ckpt_name"] = "s1_512.pt"
+    msg = _error_message(server, prompt)
+    assert "PCDMs Inpaint got 's1_512.pt', which is a stage-1 prior checkpoint" in msg
+
+    # a missing model file (ComfyUI's validation lets a V3 combo value through, so the loader says it)
+    prompt = _paper_prompt(server, object_info)
+    _, loader = _node(prompt, "PCDMsCheckpointLoader", "Stage 3: refining")
+    loader["inputs"]["ckpt_name"] = "s3_missing.pt"
+    msg = _error_message(server, prompt)
+    assert "'s3_missing.pt' was not found in models/pcdms" in msg
+
+    # a working size the UNet cannot take
+    prompt = _paper_prompt(server, object_info)
+    _, enc = _node(prompt, "PCDMsEncodeSource")
+    enc["inputs"].update(width=72, height=64)
+    assert "72x64 is not usable" in _error_message(server, prompt)
+
+
+def test_model_management_and_comfy_vae(comfy_env):
+    """ComfyUI's model management holds our models and frees them when the next stage needs the memory;
+    ComfyUI's own VAE gives the diffusers VAE's numbers, so the stages may use Load VAE."""
+    import subprocess
+
+    from comfy_server import ROOT, comfyui_path, comfyui_python
+
+    proc = subprocess.run([comfyui_python(), str(ROOT / "tests" / "comfyui" / "mm_check.py"), str(comfy_env), str(ROOT)],
+                          cwd=comfyui_path(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["after_loading"] == []  # loaders only load to the offload device
+    assert report["after_encode"] == ["ImageEncoder", "ImageEncoder"]  # CLIP and DINOv2
+    assert "PriorTransformer" in report["after_prior"]
+    assert report["after_next_stage_needs_the_memory"] == []
+    assert report["prior_device_after_free"] == "cpu"
+    assert "InpaintModel" in report["after_inpaint"] and "PriorTransformer" not in report["after_inpaint"]
+    assert any("VAE" in name or "Autoencoder" in name for name in report["after_inpaint"])
+    assert report["vae_encode_max_abs"] <= 1e-4 * max(1.0, report["vae_encode_scale"])
+    assert report["vae_decode_u8_max_levels"] <= 1
+
+
+def test_installs_the_way_comfyui_manager_does(tmp_path):
+    """``pip install -r requirements.txt`` into ComfyUI's environment changes no torch package and breaks no
+    import (a dry run against the registry, then the imports ComfyUI and the pack need)."""
+    import subprocess
+
+    from comfy_server import ROOT, comfyui_python
+
+    report = tmp_path / "report.json"
+    proc = subprocess.run([comfyui_python(), "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report),
+                           "-r", str(ROOT / "requirements.txt")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    changes = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert not changes & {"torch", "torchvision", "torchaudio", "numpy", "transformers", "huggingface-hub"}, changes
+    code = "import torch, torchvision, transformers, huggingface_hub, diffusers, safetensors; print(torch.__version__)"
+    proc = subprocess.run([comfyui_python(), "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
