@@ -39,7 +39,7 @@ INPUTS = {
     "target_pose_image": "pcdms_example_target_pose.png",
     "pose_photo": "pcdms_example_pose_photo.png",
 }
-SIZES = {"Note": (420, 260), "LoadImage": (260, 330), "SaveImage": (330, 380), "PreviewImage": (260, 280)}
+SIZES = {"Note": (400, 330), "LoadImage": (300, 330), "SaveImage": (330, 380), "PreviewImage": (300, 280)}
 MODELS_NOTE = (
     "Model files (nothing is downloaded; put them here, then press R):\n"
     "models/pcdms/\n"
@@ -70,7 +70,7 @@ class Graph:
         self.links: list[list] = []
 
     def node(self, type_: str, col: int, row: int, title: str | None = None, **widgets) -> dict:
-        node = {"id": len(self.nodes) + 1, "type": type_, "pos": [40 + col * 380, 40 + row * 190],
+        node = {"id": len(self.nodes) + 1, "type": type_, "pos": [40 + col * 440, 40 + row * 190],
                 "size": list(SIZES.get(type_, (320, 150))), "flags": {}, "order": 0, "mode": 0,
                 "inputs": [], "outputs": [], "properties": {"Node name for S&R": type_}}
         if title:
@@ -268,7 +268,7 @@ TITLES = {
 
 def thumbnail(name: str, path: Path) -> None:
     """A 512 x 384 card: the example source, the target skeleton, and the workflow's title."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     card = Image.new("RGB", (512, 384), (24, 24, 28))
     src = Image.open(ROOT / "assets" / INPUTS["source"]).convert("RGB").resize((176, 256))
@@ -277,7 +277,11 @@ def thumbnail(name: str, path: Path) -> None:
     card.paste(pose, (288, 40))
     draw = ImageDraw.Draw(card)
     draw.polygon([(236, 150), (268, 168), (236, 186)], fill=(230, 230, 230))
-    draw.text((48, 320), TITLES[name], fill=(240, 240, 240))
+    try:
+        font = ImageFont.load_default(size=26)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    draw.text((48, 316), TITLES[name], fill=(240, 240, 240), font=font)
     card.save(path, quality=90)
 
 

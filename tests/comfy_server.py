@@ -21,19 +21,57 @@ STUB_NODES = ROOT / "tests" / "comfyui" / "stub_nodes"
 PACK_DIR_NAME = "ComfyUI-PCDMs"
 
 
+def _python_of(base: Path) -> str | None:
+    for cand in (base / "venv" / "bin" / "python", base / ".venv" / "bin" / "python",
+                 base.parent / "python_embeded" / "python.exe"):
+        if cand.exists():
+            return str(cand)
+    return None
+
+
+def conventional_paths() -> list[Path]:
+    """Where a ComfyUI checkout is looked for when COMFYUI_PATH is unset: the ComfyUI this pack is installed in
+    (ComfyUI/custom_nodes/<pack>), then ../ComfyUI beside the repository, ~/ComfyUI and /opt/ComfyUI."""
+    return [ROOT.parents[1], ROOT.parent / "ComfyUI", Path.home() / "ComfyUI", Path("/opt/ComfyUI")]
+
+
+def find_comfyui() -> tuple[Path | None, str | None, str]:
+    """(checkout, its Python, why not) for the real-ComfyUI tests."""
+    explicit = os.environ.get("COMFYUI_PATH")
+    if explicit:
+        base = Path(explicit)
+        if not (base / "main.py").exists():
+            return None, None, f"COMFYUI_PATH={explicit} has no main.py"
+        return base, os.environ.get("COMFYUI_PYTHON") or _python_of(base) or sys.executable, ""
+    for base in conventional_paths():
+        if (base / "main.py").exists() and (base / "comfy").is_dir():
+            python = os.environ.get("COMFYUI_PYTHON") or _python_of(base)
+            if python:
+                return base, python, ""
+            return None, None, f"found ComfyUI at {base} but not its Python: set COMFYUI_PYTHON (and COMFYUI_PATH)"
+    return None, None, "COMFYUI_PATH is not set and no ComfyUI checkout was found at " + ", ".join(
+        str(p) for p in conventional_paths())
+
+
 def comfyui_path() -> Path | None:
-    value = os.environ.get("COMFYUI_PATH")
-    return Path(value) if value else None
+    return find_comfyui()[0]
 
 
 def comfyui_python() -> str:
-    if os.environ.get("COMFYUI_PYTHON"):
-        return os.environ["COMFYUI_PYTHON"]
+    return find_comfyui()[1]
+
+
+def pack_dir_name() -> str:
+    """The pack's folder name in ComfyUI: its own when the repository is inside ComfyUI/custom_nodes."""
     base = comfyui_path()
-    for cand in (base / "venv" / "bin" / "python", base / ".venv" / "bin" / "python"):
-        if cand.exists():
-            return str(cand)
-    return sys.executable
+    return ROOT.name if base is not None and ROOT.parent == base / "custom_nodes" else PACK_DIR_NAME
+
+
+def ensure_requirements() -> None:
+    """Install the pack's requirements into ComfyUI's environment the way ComfyUI-Manager does, if missing."""
+    python = comfyui_python()
+    if subprocess.run([python, "-c", "import diffusers, safetensors"], capture_output=True).returncode != 0:
+        subprocess.run([python, "-m", "pip", "install", "-q", "-r", str(ROOT / "requirements.txt")], check=True)
 
 
 def write_models(base: Path) -> None:
@@ -69,7 +107,8 @@ def make_env(base: Path) -> Path:
     write_models(base)
     nodes_dir = base / "custom_nodes"
     nodes_dir.mkdir()
-    (nodes_dir / PACK_DIR_NAME).symlink_to(ROOT, target_is_directory=True)
+    if pack_dir_name() == PACK_DIR_NAME:  # otherwise ComfyUI loads the pack from its own custom_nodes
+        (nodes_dir / PACK_DIR_NAME).symlink_to(ROOT, target_is_directory=True)
     shutil.copytree(STUB_NODES / "dwpose_stub", nodes_dir / "dwpose_stub")
     for d in ("input", "output", "user"):
         (base / d).mkdir()
@@ -101,6 +140,7 @@ class Server:
             "--disable-auto-launch", "--extra-model-paths-config", str(base / "extra_model_paths.yaml"),
             "--input-directory", str(base / "input"), "--output-directory", str(base / "output"),
             "--user-directory", str(base / "user"), "--preview-method", "auto",
+            "--disable-all-custom-nodes", "--whitelist-custom-nodes", pack_dir_name(), "dwpose_stub",
         ]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=comfyui_path(), stdout=self.log, stderr=subprocess.STDOUT)

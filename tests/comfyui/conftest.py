@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from comfy_server import Server, comfyui_path, make_env
+from comfy_server import Server, ensure_requirements, find_comfyui, make_env
 
 HERE = Path(__file__).parent
-SKIP_REASON = "COMFYUI_PATH is not set: the tests against a real ComfyUI are skipped (see README, Tests)"
 
 
 def pytest_collection_modifyitems(config, items):
-    if comfyui_path() is not None:
+    base, _, why = find_comfyui()
+    if base is not None:
         return
-    skip = pytest.mark.skip(reason=SKIP_REASON)
+    skip = pytest.mark.skip(reason=f"real-ComfyUI tests skipped: {why} (see README, Tests)")
     for item in items:
         if HERE in Path(str(item.fspath)).parents:
             item.add_marker(skip)
@@ -24,6 +24,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def comfy_env(tmp_path_factory):
+    ensure_requirements()
     return make_env(tmp_path_factory.mktemp("comfy"))
 
 

@@ -6,10 +6,12 @@ import json
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from comfy_server import pack_dir_name
 from workflow_tools import check_workflow, load_workflows, ui_to_api
 
 OUR_NODES = {
@@ -25,7 +27,7 @@ def test_object_info_lists_every_node_with_tooltips(object_info):
     assert OUR_NODES <= set(object_info)
     for name in OUR_NODES:
         node = object_info[name]
-        assert node["python_module"].endswith("ComfyUI-PCDMs")
+        assert node["python_module"].endswith(pack_dir_name())
         assert node["description"] and node["display_name"].startswith("PCDMs")
         for part in ("required", "optional"):
             for inp, spec in node["input"].get(part, {}).items():
@@ -216,3 +218,45 @@ def test_installs_the_way_comfyui_manager_does(tmp_path):
     code = "import torch, torchvision, transformers, huggingface_hub, diffusers, safetensors; print(torch.__version__)"
     proc = subprocess.run([comfyui_python(), "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_real_frontend_loads_and_queues_every_workflow(server):
+    """ComfyUI's frontend in headless Chromium: every workflow from the template route loads with no missing
+    node type and runs; the template browser lists the pack. Screenshots go to the test output folder."""
+    import os
+    import shutil
+    import subprocess
+
+    from comfy_server import ROOT
+
+    node, npm = shutil.which("node"), shutil.which("npm")
+    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    node_modules = os.environ.get("PLAYWRIGHT_NODE_MODULES") or str(ROOT / "tests" / "comfyui" / "node_modules")
+    if not (node and chromium):
+        pytest.skip("the frontend test needs node and chromium (apt-get install chromium; see README, Tests)")
+    if not os.path.isdir(os.path.join(node_modules, "playwright-core")):
+        if not npm:
+            pytest.skip("the frontend test needs playwright-core (npm i playwright-core)")
+        subprocess.run([npm, "install", "--no-save", "--prefix", str(Path(node_modules).parent), "playwright-core@1"],
+                       check=True, capture_output=True, timeout=600)
+    out = Path(os.environ.get("PCDMS_TEST_OUTPUT", ROOT / "test-output")) / "frontend"
+    out.mkdir(parents=True, exist_ok=True)
+    names = sorted(load_workflows())
+    env = dict(os.environ, CHROMIUM=chromium, NODE_PATH=node_modules)
+    script = ROOT / "tests" / "comfyui" / "frontend.mjs"
+    # ES modules resolve from the script's folder: run a copy placed beside node_modules.
+    runner = Path(node_modules).parent / "frontend.mjs"
+    if runner != script:
+        shutil.copy(script, runner)
+    proc = subprocess.run([node, str(runner), server.url, pack_dir_name(), str(out), *names], capture_output=True,
+                          text=True, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"frontend screenshots: {out}")
+    for name in names:
+        wf = result["workflows"][name]
+        assert wf["missing"] == [], (name, wf)
+        assert wf["status"] == "success", (name, wf)
+    assert sorted(result["templates"][pack_dir_name()]) == names
+    assert result["templateDialogMentionsPack"]
+    assert (out / "template_browser.png").exists()
