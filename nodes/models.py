@@ -28,18 +28,28 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DTYPE_CHOICES = ["auto", "fp16", "bf16", "fp32"]
 
 
-def register_model_folder() -> None:
-    """``models/pcdms``, merged with whatever extra_model_paths.yaml already set for "pcdms"."""
-    default = os.path.join(folder_paths.models_dir, PCDMS_FOLDER)
+DEMO_MODELS = Path(__file__).resolve().parents[1] / "demo_models"
+
+
+def _add_path(folder: str, path: str) -> None:
     exts = set(folder_paths.supported_pt_extensions)
-    if PCDMS_FOLDER in folder_paths.folder_names_and_paths:
-        paths, old_exts = folder_paths.folder_names_and_paths[PCDMS_FOLDER]
+    if folder in folder_paths.folder_names_and_paths:
+        paths, old_exts = folder_paths.folder_names_and_paths[folder]
         paths = list(paths)
-        if default not in paths:
-            paths.append(default)
-        folder_paths.folder_names_and_paths[PCDMS_FOLDER] = (paths, set(old_exts) | exts)
+        if path not in paths:
+            paths.append(path)
+        folder_paths.folder_names_and_paths[folder] = (paths, set(old_exts) | exts)
     else:
-        folder_paths.folder_names_and_paths[PCDMS_FOLDER] = ([default], exts)
+        folder_paths.folder_names_and_paths[folder] = ([path], exts)
+
+
+def register_model_folder() -> None:
+    """``models/pcdms``, merged with whatever extra_model_paths.yaml already set for "pcdms"; and the pack's
+    bundled demo models, added to the pcdms, clip_vision and vae folders so the loaders list them."""
+    _add_path(PCDMS_FOLDER, os.path.join(folder_paths.models_dir, PCDMS_FOLDER))
+    for folder in (PCDMS_FOLDER, "clip_vision", "vae"):
+        if (DEMO_MODELS / folder).is_dir():
+            _add_path(folder, str(DEMO_MODELS / folder))
 
 
 EXAMPLE_INPUTS = Path(__file__).resolve().parents[1] / "assets"

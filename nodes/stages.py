@@ -122,9 +122,10 @@ def run_encode(image, dino, clip, width, height) -> SourceFeatures:
     dino, clip = _encoder(dino, "dinov2"), _encoder(clip, "clip")
     managed = [m for m in (dino, clip) if m is not None]
     mm.load_models_gpu([m.patcher for m in managed], force_full_load=True)
+    # CLIP reads the image at the working size too: the official stage 1 and stages 2-3 both use 512.
     features = encode_source(
         images_in(image), dino.patcher.model.inner, clip.patcher.model.inner if clip is not None else None,
-        size=(width, height),
+        size=(width, height), prior_size=(width, height),
     )
     features.tokens = features.tokens.to(mm.intermediate_device())
     if features.clip_embedding is not None:

@@ -328,29 +328,42 @@ def convert_checkpoint(src, dst=None, *, config=None, dtype: Optional[torch.dtyp
     The tensors keep their names and (unless ``dtype`` is given) their dtype, so the official fp16 files stay
     fp16. ``dst`` defaults to the source path with a ``.safetensors`` suffix.
     """
-    from safetensors.torch import save_file
-
     src_path = resolve_path(src)
     weights = open_weights(src_path)
     info = _info(weights, config)
     dst_path = Path(dst) if dst is not None else src_path.with_suffix(".safetensors")
     if dst_path.resolve() == src_path.resolve():
         raise CheckpointError(f"refusing to overwrite the source {src_path}; give another output path")
-    tensors = {}
-    for k in weights:
-        t = weights[k]
+    _write(weights, dst_path, info.stage, info.variant, info.config, dtype, {"pcdms.source": src_path.name})
+    return dst_path
+
+
+def _write(tensors, path: Path, stage: str, variant: str, config: dict, dtype, extra: Optional[dict] = None) -> None:
+    from safetensors.torch import save_file
+
+    out = {}
+    for k in tensors:
+        t = tensors[k]
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
-        tensors[k] = t.contiguous()
-    metadata = {
-        META_STAGE: info.stage,
-        META_VARIANT: info.variant,
-        META_CONFIG: json.dumps(info.config),
-        "pcdms.source": src_path.name,
-    }
-    dst_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(dst_path), metadata=metadata)
-    return dst_path
+        out[k] = t.detach().cpu().contiguous()
+    metadata = {META_STAGE: stage, META_VARIANT: variant, META_CONFIG: json.dumps(config), **(extra or {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(path), metadata=metadata)
+
+
+def save_checkpoint(model: PCDMsModel, path, *, dtype: Optional[torch.dtype] = None, extra: Optional[dict] = None) -> Path:
+    """Save one of our stage models in the checkpoint layout (official tensor names) as ``.safetensors``,
+    with its stage, variant and config in the metadata, so it loads with no config file."""
+    if isinstance(model, PriorTransformer):
+        stage, variant, config = "prior", "prior", {"prior": model.config.to_dict()}
+    else:
+        stage = model.stage
+        variant = model.variant
+        config = {"unet": {k: v for k, v in dict(model.unet.config).items() if not k.startswith("_")}}
+    path = Path(path)
+    _write(model.state_dict(), path, stage, variant, config, dtype, extra)
+    return path
 
 
 def describe(info: CheckpointInfo) -> str:

@@ -41,19 +41,20 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--source-pose", required=True, help="source pose: POSE_KEYPOINT/OpenPose .json or DeepFashion .txt")
     g.add_argument("--target-pose", required=True, help="target pose: .json / .txt keypoints, or a skeleton image (.png/.jpg; demo checkpoint only)")
     g.add_argument("--person", default="largest", help="which person of a multi-person pose: an index or 'largest'")
-    g.add_argument("--inpaint", required=True, help="stage-2 checkpoint (paper s2_*.pt or demo PCDMs_ckpt.pt, or .safetensors)")
+    g.add_argument("--inpaint", help="stage-2 checkpoint (paper s2_*.pt or demo PCDMs_ckpt.pt, or .safetensors); "
+                   "without it the bundled demo models are used")
     g.add_argument("--prior", help="stage-1 checkpoint (needed by the paper stage 2)")
     g.add_argument("--refine", help="stage-3 checkpoint (optional)")
     g.add_argument("--clip", help="CLIP ViT-H/14 vision model (file or transformers folder; needed with --prior)")
-    g.add_argument("--dino", required=True, help="DINOv2-giant (file or transformers folder)")
-    g.add_argument("--vae", required=True, help="SD 2.1-base VAE (diffusers folder or single file)")
+    g.add_argument("--dino", help="DINOv2-giant (file or transformers folder)")
+    g.add_argument("--vae", help="SD 2.1-base VAE (diffusers folder or single file)")
     g.add_argument("--prior-config", help="config.json for a non-official-size prior")
     g.add_argument("--inpaint-config", help="config.json for a non-official-size stage-2 UNet")
     g.add_argument("--refine-config", help="config.json for a non-official-size stage-3 UNet")
     g.add_argument("--out", required=True, help="output PNG; with several images _1, _2, ... are appended")
     g.add_argument("--coarse-out", help="also write stage 2's coarse image here")
-    g.add_argument("--size", type=_size, default=(512, 512), help="working size per half, N or WxH (default 512)")
-    g.add_argument("--prior-size", type=_size, default=(512, 512), help="CLIP input stretch for the prior (default 512)")
+    g.add_argument("--size", type=_size, help="working size per half, N or WxH (default 512; 64 for the demo models)")
+    g.add_argument("--prior-size", type=_size, help="CLIP input stretch for the prior (default: the working size)")
     g.add_argument("--keep-square", action="store_true", help="write the working size instead of the source's aspect")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--num-images", type=int, default=1)
@@ -70,6 +71,50 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("dst", nargs="?")
     c.add_argument("--config", help="config.json for a non-official-size network")
     c.add_argument("--dtype", choices=["keep"] + sorted(DTYPES), default="keep")
+
+    t = sub.add_parser("train", help="train a stage (or the demo VAE) on the synthetic set or a DeepFashion folder")
+    t.add_argument("stage", choices=["vae", "prior", "inpaint", "refine"])
+    t.add_argument("--out", required=True, help="run folder: checkpoints, loss log, the trained model")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, help="default: the official learning rate of the stage")
+    t.add_argument("--variant", choices=["paper", "demo"], default="paper", help="inpainting with or without the prior")
+    t.add_argument("--size", type=_size, help="working size per half (default: the demo models' 64)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--data", choices=["synthetic", "deepfashion"], default="synthetic")
+    t.add_argument("--pairs", help="DeepFashion: train_data.json")
+    t.add_argument("--images", help="DeepFashion: the image folder (train_all_png)")
+    t.add_argument("--poses", help="DeepFashion: normalized_pose_txt")
+    t.add_argument("--pose-images", help="DeepFashion: openpose_all_img (optional; rendered from keypoints otherwise)")
+    t.add_argument("--vae", help="frozen VAE (default: the demo VAE)")
+    t.add_argument("--clip", help="frozen CLIP (default: the demo stand-in)")
+    t.add_argument("--dino", help="frozen DINOv2 (default: the demo stand-in)")
+    t.add_argument("--init", help="start from this checkpoint")
+    t.add_argument("--coarse", help="refining: the stage-2 outputs from make-coarse")
+    t.add_argument("--save-every", type=int, default=250)
+    t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    t.add_argument("--export", help="also write the trained model here (e.g. demo_models/pcdms/...)")
+    t.add_argument("--export-dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
+
+    mc = sub.add_parser("make-coarse", help="stage-2 outputs on training pairs, for training stage 3")
+    mc.add_argument("--inpaint", required=True)
+    mc.add_argument("--out", required=True)
+    mc.add_argument("--count", type=int, default=2000)
+    mc.add_argument("--steps", type=int, default=10)
+    mc.add_argument("--seed", type=int, default=0)
+    mc.add_argument("--batch-size", type=int, default=32)
+
+    ie = sub.add_parser("init-encoders", help="write the demo's stand-in CLIP and DINOv2 (seeded, frozen)")
+    ie.add_argument("--clip", required=True)
+    ie.add_argument("--dino", required=True)
+
+    ev = sub.add_parser("evaluate", help="the stage ablation on held-out synthetic pairs: SSIM, colour error, grid")
+    ev.add_argument("--out", required=True, help="folder for results.json, results.md and grid.png")
+    ev.add_argument("--pairs", type=int, default=200)
+    ev.add_argument("--batch-size", type=int, default=25)
+    ev.add_argument("--steps", type=int, default=20, help="sampling steps of each stage")
+    for name in ("prior", "inpaint", "refine", "clip", "dino", "vae"):
+        ev.add_argument(f"--{name}", help=f"{name} model (default: the demo model)")
 
     i = sub.add_parser("inspect", help="say what a PCDMs checkpoint is")
     i.add_argument("files", nargs="+")
@@ -110,6 +155,19 @@ def _generate(args) -> int:
     from .pose import load_pose
 
     person = int(args.person) if args.person.lstrip("-").isdigit() else args.person
+    if args.inpaint is None:
+        from . import demo
+
+        if not demo.has_demo_models():
+            raise PCDMsError(f"no --inpaint checkpoint given and the demo models are missing from {demo.DEMO_DIR}")
+        for name in ("prior", "inpaint", "refine", "clip", "dino", "vae"):
+            if getattr(args, name) is None:
+                setattr(args, name, str(demo.demo_file(name)))
+        args.size = args.size or demo.SIZE
+    elif args.dino is None or args.vae is None:
+        raise PCDMsError("with --inpaint, also give --dino and --vae (and --prior and --clip for the paper model)")
+    args.size = args.size or (512, 512)
+    args.prior_size = args.prior_size or args.size
     configs = {"prior": args.prior_config, "inpaint": args.inpaint_config, "refine": args.refine_config}
     pipe = PCDMsPipeline.from_files(
         inpaint=args.inpaint, vae=args.vae, dino=args.dino, prior=args.prior, clip=args.clip, refine=args.refine,
@@ -165,10 +223,56 @@ def _inspect(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from . import demo
+    from .training import TrainConfig, train
+
+    cfg = TrainConfig(
+        stage=args.stage, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, variant=args.variant,
+        size=tuple(args.size or demo.SIZE), seed=args.seed, data=args.data, pairs=args.pairs, images=args.images, poses=args.poses,
+        pose_images=args.pose_images, vae=args.vae, clip=args.clip, dino=args.dino, init=args.init, coarse=args.coarse,
+        save_every=args.save_every, mixed_precision=args.mixed_precision, export_to=args.export,
+        export_dtype=args.export_dtype,
+    )
+    print(train(cfg))
+    return 0
+
+
+def _make_coarse(args) -> int:
+    from .training import make_coarse
+
+    print(make_coarse(args.inpaint, args.out, count=args.count, seed=args.seed, steps=args.steps,
+                      batch_size=args.batch_size))
+    return 0
+
+
+def _init_encoders(args) -> int:
+    from .training import write_stand_in_encoders
+
+    for p in write_stand_in_encoders(args.clip, args.dino):
+        print(p)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from . import demo
+    from .evaluation import evaluate, format_table
+    from .pipeline import PCDMsPipeline
+
+    files = {n: getattr(args, n) or str(demo.demo_file(n)) for n in ("prior", "inpaint", "refine", "clip", "dino", "vae")}
+    pipe = PCDMsPipeline.from_files(**files)
+    steps = {"prior": args.steps, "inpaint": args.steps, "refine": args.steps}
+    result = evaluate(pipe, args.out, count=args.pairs, batch_size=args.batch_size, steps=steps, size=demo.SIZE)
+    print(format_table(result))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    commands = {"generate": _generate, "convert": _convert, "inspect": _inspect, "train": _train,
+                "make-coarse": _make_coarse, "init-encoders": _init_encoders, "evaluate": _evaluate}
     try:
-        return {"generate": _generate, "convert": _convert, "inspect": _inspect}[args.command](args)
+        return commands[args.command](args)
     except PCDMsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

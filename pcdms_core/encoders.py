@@ -15,6 +15,7 @@ interpolation).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Optional
@@ -237,8 +238,9 @@ def load_image_encoder(
 
     The kind is told from the tensor names (``kind`` only checks it). Files in OpenCLIP's own layout are
     renamed on the fly. Sizes come from the tensor shapes; the number of heads, activation and eps from
-    ``config``, a config.json (the folder's, or ``<name>.json`` beside a file), or the standard models' values
-    (ViT-B/L/H/bigG, DINOv2 small/base/large/giant).
+    ``config``, a config.json (the folder's, or ``<name>.json`` beside a file), the file's own metadata
+    (``pcdms.config``, as our safetensors write it), or the standard models' values (ViT-B/L/H/bigG, DINOv2
+    small/base/large/giant).
     """
     path = Path(path)
     weights, config_path = _resolve(path)
@@ -254,7 +256,12 @@ def load_image_encoder(
         raise CheckpointError(
             f"{path.name} is {ENCODER_NAMES[found]}, but {ENCODER_NAMES[kind]} was asked for: pick the other file"
         )
-    hints = dict(config) if config is not None else (_config_hints(config_path) if config_path else {})
+    if config is not None:
+        hints = dict(config)
+    elif config_path is not None:
+        hints = _config_hints(config_path)
+    else:
+        hints = json.loads(weights.metadata.get("pcdms.config", "{}"))  # our own files carry their config
     with empty_weights():
         if found == "clip":
             model: nn.Module = ClipVision(clip_config_from_weights(weights, hints))
@@ -269,3 +276,16 @@ def load_image_encoder(
     if device is not None:
         model.to(device)
     return ImageEncoder(model, found)
+
+
+def save_image_encoder(encoder: ImageEncoder, path, dtype: Optional[torch.dtype] = None) -> Path:
+    """Save an encoder as one ``.safetensors`` (transformers 4.x tensor names) with its config in the metadata."""
+    from safetensors.torch import save_file
+
+    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+          for k, v in encoder.model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path), metadata={"pcdms.config": json.dumps(encoder.model.config.to_dict()),
+                                       "pcdms.kind": encoder.kind})
+    return path

@@ -231,7 +231,8 @@ def sample_inpaint(
     if tuple(pose_features.shape[-2:]) != (lh, lw):
         raise InputError(
             f"the pose encoder gives a {tuple(pose_features.shape[-2:])} grid but the VAE latents are {(lh, lw)}: "
-            "this VAE does not down-sample by 8 like the one the checkpoint was trained with"
+            f"this VAE down-samples by {vae_ops.downscale_factor(vae)}, the checkpoint's pose encoder by "
+            f"{model.pose_proj.downscale}; use the VAE the checkpoint was trained with"
         )
 
     sched = make_scheduler(scheduler)

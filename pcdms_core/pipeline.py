@@ -12,6 +12,8 @@ be an image (for example a DWPose rendering).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
@@ -63,17 +65,18 @@ def encode_source(
     clip: Optional[ImageEncoder] = None,
     *,
     size: tuple[int, int] = (512, 512),
-    prior_size: tuple[int, int] = (512, 512),
+    prior_size: Optional[tuple[int, int]] = None,
 ) -> SourceFeatures:
     """Encode the source once: DINOv2 on the image stretched to the working ``size`` (as stages 2 and 3 read
-    it), CLIP on the image stretched to ``prior_size`` (the official stage-1 stretch is 512 x 512)."""
+    it), CLIP on the image stretched to ``prior_size`` (default: the working size; the official stage-1
+    stretch is 512 x 512, the official working size too)."""
     pixels = im.as_uint8_batch(images)
     size = im.check_size(size, 8, "working size")
     return SourceFeatures(
         pixels=pixels,
         size=size,
         tokens=dino.encode(pixels, size) if dino is not None else None,
-        clip_embedding=clip.encode(pixels, tuple(prior_size)) if clip is not None else None,
+        clip_embedding=clip.encode(pixels, tuple(prior_size or size)) if clip is not None else None,
     )
 
 
@@ -85,14 +88,30 @@ class PipelineResult:
     source_tokens: Optional[torch.Tensor] = field(default=None, repr=False)
 
 
+class Lazy:
+    """A model that is loaded when a stage needs it and released when the stage is done (see ``from_files``)."""
+
+    def __init__(self, load: Callable[[], torch.nn.Module], description: str):
+        self._load = load
+        self.description = description
+
+    def load(self) -> torch.nn.Module:
+        return self._load()
+
+
 @dataclass
 class PCDMsPipeline:
-    inpaint: InpaintModel
-    vae: torch.nn.Module
-    dino: ImageEncoder
-    prior: Optional[PriorTransformer] = None
-    clip: Optional[ImageEncoder] = None
-    refine: Optional[RefineModel] = None
+    inpaint: Union[InpaintModel, Lazy]
+    vae: Union[torch.nn.Module, Lazy]
+    dino: Union[ImageEncoder, Lazy]
+    prior: Optional[Union[PriorTransformer, Lazy]] = None
+    clip: Optional[Union[ImageEncoder, Lazy]] = None
+    refine: Optional[Union[RefineModel, Lazy]] = None
+    uses_prior: Optional[bool] = None  # told from the stage-2 file when it is lazy
+
+    def __post_init__(self) -> None:
+        if self.uses_prior is None:
+            self.uses_prior = bool(getattr(self.inpaint, "uses_prior", False))
 
     @classmethod
     def from_files(
@@ -107,22 +126,48 @@ class PCDMsPipeline:
         configs: Optional[dict] = None,
         dtype: torch.dtype = torch.float32,
         device=None,
+        lazy: bool = False,
     ) -> "PCDMsPipeline":
-        """Load every model from local files (see ``checkpoints.load_checkpoint``; ``configs`` may map
-        "prior" / "inpaint" / "refine" to a config for tiny or custom-size models)."""
+        """Models from local files (see ``checkpoints.load_checkpoint``; ``configs`` may map "prior" /
+        "inpaint" / "refine" to a config for tiny or custom-size models).
+
+        ``lazy=True`` keeps only the paths: each stage loads its models just before it runs and frees them
+        after, so peak memory is the largest stage's, not the sum of all models (about 18 GB in fp32 at the
+        official sizes).
+        """
         configs = configs or {}
         kw = dict(dtype=dtype, device=device)
-        return cls(
-            inpaint=load_checkpoint(inpaint, expect="inpaint", config=configs.get("inpaint"), **kw),
-            vae=load_vae(vae, **kw),
-            dino=load_image_encoder(dino, "dinov2", **kw),
-            prior=load_checkpoint(prior, expect="prior", config=configs.get("prior"), **kw) if prior else None,
-            clip=load_image_encoder(clip, "clip", **kw) if clip else None,
-            refine=load_checkpoint(refine, expect="refine", config=configs.get("refine"), **kw) if refine else None,
-        )
+        loaders = {
+            "inpaint": lambda: load_checkpoint(inpaint, expect="inpaint", config=configs.get("inpaint"), **kw),
+            "vae": lambda: load_vae(vae, **kw),
+            "dino": lambda: load_image_encoder(dino, "dinov2", **kw),
+            "prior": (lambda: load_checkpoint(prior, expect="prior", config=configs.get("prior"), **kw)) if prior else None,
+            "clip": (lambda: load_image_encoder(clip, "clip", **kw)) if clip else None,
+            "refine": (lambda: load_checkpoint(refine, expect="refine", config=configs.get("refine"), **kw)) if refine else None,
+        }
+        if not lazy:
+            return cls(**{k: (f() if f else None) for k, f in loaders.items()})
+        from .checkpoints import inspect_checkpoint
+
+        info = inspect_checkpoint(inpaint, config=configs.get("inpaint"))
+        models = {k: (Lazy(f, k) if f else None) for k, f in loaders.items()}
+        return cls(**models, uses_prior=info.variant == "paper")
+
+    @contextlib.contextmanager
+    def _use(self, *names: str):
+        """The named models, loaded if lazy; lazy ones are dropped (and their memory freed) afterwards."""
+        models = [getattr(self, n) for n in names]
+        loaded = [m.load() if isinstance(m, Lazy) else m for m in models]
+        try:
+            yield loaded if len(loaded) > 1 else loaded[0]
+        finally:
+            lazy = any(isinstance(m, Lazy) for m in models)
+            del loaded
+            if lazy:
+                gc.collect()
 
     def _check(self) -> None:
-        if self.inpaint.uses_prior and (self.prior is None or self.clip is None):
+        if self.uses_prior and (self.prior is None or self.clip is None):
             raise InputError(
                 "the paper stage-2 checkpoint needs the stage-1 prior and the CLIP ViT-H/14 encoder; load both "
                 "(or use the demo stage-2 checkpoint, which needs neither)"
@@ -136,7 +181,7 @@ class PCDMsPipeline:
         target_pose: PoseInput,
         *,
         size: tuple[int, int] = (512, 512),
-        prior_size: tuple[int, int] = (512, 512),
+        prior_size: Optional[tuple[int, int]] = None,
         seed: SeedLike = 42,
         prior_settings: Optional[StageSettings] = None,
         inpaint_settings: Optional[StageSettings] = None,
@@ -148,16 +193,24 @@ class PCDMsPipeline:
         """Run the stages on one source image (a batch of sources works too, with poses per source).
 
         Poses are ``Pose`` objects (keypoints; needed by the prior) or skeleton images. Keypoint poses are
-        rendered at the working ``size`` (W, H) per half. Each stage seeds its own generator with ``seed``
+        rendered at the working ``size`` (W, H) per half; CLIP reads the source at ``prior_size`` (default:
+        ``size``). Each stage seeds its own generator with ``seed``
         (as the official scripts seed each stage with 42) unless its settings give another seed.
         """
         self._check()
         prior_settings = prior_settings or StageSettings()
         inpaint_settings = inpaint_settings or StageSettings()
         refine_settings = refine_settings or StageSettings()
-        features = encode_source(source, self.dino, self.clip if self.inpaint.uses_prior else None,
-                                 size=size, prior_size=prior_size)
-        src, tokens = features.pixels, features.tokens
+        if self.uses_prior and (not isinstance(source_pose, Pose) or not isinstance(target_pose, Pose)):
+            raise InputError("the prior needs keypoint poses (Pose), not pose images")
+        src = im.as_uint8_batch(source)
+        size = im.check_size(size, 8, "working size")
+        with self._use("dino") as dino:
+            tokens = dino.encode(src, size)
+        clip_embedding = None
+        if self.uses_prior:
+            with self._use("clip") as clip:
+                clip_embedding = clip.encode(src, tuple(prior_size or size))
 
         def stage_cb(name: str):
             return (lambda info: callback(name, info)) if callback is not None else None
@@ -166,37 +219,34 @@ class PCDMsPipeline:
             return seed if s.seed is None else s.seed
 
         embedding = None
-        if self.inpaint.uses_prior:
-            if not isinstance(source_pose, Pose) or not isinstance(target_pose, Pose):
-                raise InputError("the prior needs keypoint poses (Pose), not pose images")
-            embedding = sample_prior(
-                self.prior,
-                features.clip_embedding,
-                pose_vector(source_pose),
-                pose_vector(target_pose),
-                steps=prior_settings.steps or 20,
-                guidance_scale=1.0 if prior_settings.guidance_scale is None else prior_settings.guidance_scale,
-                scheduler=prior_settings.scheduler or "unclip",
-                generator=seed_of(prior_settings),
-                callback=stage_cb("prior"),
-            )
+        if self.uses_prior:
+            with self._use("prior") as prior:
+                embedding = sample_prior(
+                    prior, clip_embedding, pose_vector(source_pose), pose_vector(target_pose),
+                    steps=prior_settings.steps or 20,
+                    guidance_scale=1.0 if prior_settings.guidance_scale is None else prior_settings.guidance_scale,
+                    scheduler=prior_settings.scheduler or "unclip", generator=seed_of(prior_settings),
+                    callback=stage_cb("prior"),
+                )
 
         def skeleton(p: PoseInput) -> torch.Tensor:
             return render_pose(p, tuple(size)) if isinstance(p, Pose) else p
 
-        coarse = sample_inpaint(
-            self.inpaint, self.vae, src, skeleton(source_pose), skeleton(target_pose), tokens, embedding,
-            size=tuple(size), steps=inpaint_settings.steps, guidance_scale=inpaint_settings.guidance_scale,
-            scheduler=inpaint_settings.scheduler, generator=seed_of(inpaint_settings),
-            num_images=num_images, callback=stage_cb("inpaint"),
-        ).target
+        with self._use("inpaint", "vae") as (inpaint, vae):
+            coarse = sample_inpaint(
+                inpaint, vae, src, skeleton(source_pose), skeleton(target_pose), tokens, embedding,
+                size=tuple(size), steps=inpaint_settings.steps, guidance_scale=inpaint_settings.guidance_scale,
+                scheduler=inpaint_settings.scheduler, generator=seed_of(inpaint_settings),
+                num_images=num_images, callback=stage_cb("inpaint"),
+            ).target
         images = coarse
         if use_refine and self.refine is not None:
-            # The official chain hands stage 3 an 8-bit image; so do we.
-            images = sample_refine(
-                self.refine, self.vae, im.to_uint8(coarse), tokens.repeat_interleave(num_images, dim=0),
-                size=tuple(size), steps=refine_settings.steps, guidance_scale=refine_settings.guidance_scale,
-                scheduler=refine_settings.scheduler, generator=seed_of(refine_settings),
-                callback=stage_cb("refine"),
-            ).images
+            with self._use("refine", "vae") as (refine, vae):
+                # The official chain hands stage 3 an 8-bit image; so do we.
+                images = sample_refine(
+                    refine, vae, im.to_uint8(coarse), tokens.repeat_interleave(num_images, dim=0),
+                    size=tuple(size), steps=refine_settings.steps, guidance_scale=refine_settings.guidance_scale,
+                    scheduler=refine_settings.scheduler, generator=seed_of(refine_settings),
+                    callback=stage_cb("refine"),
+                ).images
         return PipelineResult(images=images, coarse=coarse, prior_embedding=embedding, source_tokens=tokens)

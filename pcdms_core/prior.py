@@ -3,7 +3,8 @@
 The network (spec §1) is a transformer over six tokens, in this order: source pose, target pose, source
 CLIP image embedding, timestep, noisy target embedding x_t, and a learned "predict" token. All tokens see
 each other (no causal mask). The output token, after a final LayerNorm and a projection, is the clean target
-embedding in normalised space (x0 prediction); ``to_clip_space`` maps it back with x * 0.415 - 0.016.
+embedding in normalised space (x0 prediction); ``to_clip_space`` maps it back with x * 0.415 - 0.016 (the
+official statistics; a prior trained on another encoder's embeddings keeps its own in its config).
 
 State-dict keys are the official ones, so an official stage-1 checkpoint loads with ``strict=True``.
 """
@@ -51,6 +52,9 @@ class PriorConfig:
     dropout: float = 0.0
     pose_dim: int = POSE_VECTOR_SIZE
     pose_hidden_dim: int = 512
+    # the statistics the x0 space is normalised with (official: CLIP ViT-H/14's; other encoders have their own)
+    embed_mean: float = CLIP_EMBED_MEAN
+    embed_std: float = CLIP_EMBED_STD
 
     @property
     def inner_dim(self) -> int:
@@ -150,14 +154,14 @@ class PriorTransformer(nn.Module):
         return self.proj_to_clip_embeddings(h)
 
 
-def to_clip_space(x: torch.Tensor) -> torch.Tensor:
+def to_clip_space(x: torch.Tensor, config: PriorConfig = PriorConfig()) -> torch.Tensor:
     """Normalised prior space to raw CLIP ``image_embeds`` space (the official ``post_process_latents``)."""
-    return x * CLIP_EMBED_STD + CLIP_EMBED_MEAN
+    return x * config.embed_std + config.embed_mean
 
 
-def from_clip_space(e: torch.Tensor) -> torch.Tensor:
+def from_clip_space(e: torch.Tensor, config: PriorConfig = PriorConfig()) -> torch.Tensor:
     """Raw CLIP ``image_embeds`` to the prior's normalised space (the training target)."""
-    return (e - CLIP_EMBED_MEAN) / CLIP_EMBED_STD
+    return (e - config.embed_mean) / config.embed_std
 
 
 def _as_pose_batch(pose: torch.Tensor, name: str) -> torch.Tensor:
@@ -231,4 +235,4 @@ def sample_prior(
         return prior(x_in, t, src, sp, tp, pose_tokens=pose_tokens)
 
     x = denoise(sched, x, predict, guidance_scale=guidance_scale, generator=noise_gen, callback=callback)
-    return to_clip_space(x)
+    return to_clip_space(x, prior.config)

@@ -7,6 +7,7 @@ The stages talk to a VAE through ``LatentCodec``, so any implementation with the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -134,7 +135,7 @@ def _vae_files(path: Path) -> tuple[Path, Optional[Path]]:
 def load_vae(path, *, config: Optional[dict] = None, dtype: Optional[torch.dtype] = torch.float32, device=None):
     """Load an ``AutoencoderKL`` from a diffusers folder or one file (diffusers keys, or the original
     LDM / ComfyUI layout, also inside a whole SD checkpoint). The config defaults to SD 2.1-base's VAE; a
-    config passed in or a ``<name>.json`` beside the file overrides it."""
+    config passed in, a ``<name>.json`` beside the file or the file's ``pcdms.config`` metadata overrides it."""
     weight_path, config_path = _vae_files(Path(path))
     weights = open_weights(weight_path)
     cfg = dict(SD21_BASE_VAE)
@@ -142,6 +143,8 @@ def load_vae(path, *, config: Optional[dict] = None, dtype: Optional[torch.dtype
         cfg.update(config)
     elif config_path is not None:
         cfg.update(read_json(config_path))
+    elif "pcdms.config" in weights.metadata:  # our own files carry their config
+        cfg.update(json.loads(weights.metadata["pcdms.config"]))
     keys = list(weights)
     ldm = any(k.startswith(_LDM_MARKERS) for k in keys)
     if not ldm and "encoder.conv_in.weight" not in weights:
@@ -163,3 +166,16 @@ def load_vae(path, *, config: Optional[dict] = None, dtype: Optional[torch.dtype
     if device is not None:
         model.to(device)
     return model
+
+
+def save_vae(vae, path, dtype: Optional[torch.dtype] = None) -> Path:
+    """Save a diffusers ``AutoencoderKL`` as one ``.safetensors`` with its config in the metadata."""
+    from safetensors.torch import save_file
+
+    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+          for k, v in vae.state_dict().items()}
+    config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path), metadata={"pcdms.config": json.dumps(config)})
+    return path

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import pickle
 import zipfile
@@ -117,14 +118,46 @@ def _open_safetensors(path: Path) -> WeightFile:
         shapes[k] = tuple(sl.get_shape())
         dtypes[k] = _ST_DTYPES.get(sl.get_dtype(), sl.get_dtype())
     metadata = dict(handle.metadata() or {})
+    mapped = _map_safetensors(path)
 
     def get(key: str) -> torch.Tensor:
+        if mapped is not None:
+            try:
+                return mapped(key)
+            except (RuntimeError, ValueError, KeyError):
+                pass  # an unusual layout: fall back to the library's reader
         try:
             return handle.get_tensor(key)
         except SafetensorError as exc:
             raise CheckpointError(f"cannot read tensor {key!r} of {path.name}: {exc}; the file may be damaged") from None
 
     return WeightFile(path, keys, get, shapes, dtypes, metadata, "safetensors")
+
+
+def _map_safetensors(path: Path):
+    """Tensors that are copy-on-write views of a memory map of the file: nothing is read until used, and a
+    tensor kept in its stored dtype is never copied (the safetensors library copies each tensor it reads)."""
+    try:
+        fh = open(path, "rb")
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        fh.close()
+        n = int.from_bytes(mm[:8], "little")
+        header = json.loads(mm[8:8 + n])
+    except (OSError, ValueError):
+        return None
+    base = 8 + n
+
+    def get(key: str) -> torch.Tensor:
+        info = header[key]
+        dtype = _ST_DTYPES[info["dtype"]]
+        shape = tuple(info["shape"])
+        start, end = info["data_offsets"]
+        count = (end - start) // torch.empty((), dtype=dtype).element_size()
+        if count == 0:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(mm, dtype=dtype, count=count, offset=base + start).view(shape)
+
+    return get
 
 
 def _unwrap(obj, path: Path) -> dict:

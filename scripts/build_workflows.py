@@ -23,24 +23,28 @@ from workflow_tools import (  # noqa: E402
     WORKFLOWS, check_workflow, is_widget, offline_object_info, ordered_inputs, takes_control_value, widget_inputs,
 )
 
-MODEL_FILES = {
-    "prior": "s1_512.pt",
-    "inpaint": "s2_512.pt",
-    "refine": "s3_512.pt",
-    "demo": "PCDMs_ckpt.pt",
-    "clip": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
-    "dino": "dinov2-giant.safetensors",
-    "vae": "sd21-base-vae.safetensors",
-}
-INPUTS = {
-    "source": "pcdms_example_source.png",
-    "source_pose": "pcdms_example_source_pose.json",
-    "target_pose": "pcdms_example_target_pose.json",
-    "target_pose_image": "pcdms_example_target_pose.png",
-    "pose_photo": "pcdms_example_pose_photo.png",
-}
-SIZES = {"Note": (400, 330), "LoadImage": (300, 330), "SaveImage": (330, 380), "PreviewImage": (300, 280)}
-MODELS_NOTE = (
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Models:
+    """Which model files a workflow names, and what goes with them."""
+
+    suffix: str
+    prior: str
+    inpaint: str
+    refine: str
+    noprior: str  # the stage-2 model without a prior (official: the released demo checkpoint)
+    clip: str
+    dino: str
+    vae: str
+    vae_node: str  # ComfyUI's Load VAE for the SD VAE; ours for the small demo VAE it cannot build
+    size: int
+    note: str
+    noprior_note: str
+
+
+OFFICIAL_NOTE = (
     "Model files (nothing is downloaded; put them here, then press R):\n"
     "models/pcdms/\n"
     "  s1_512.pt  stage-1 prior\n"
@@ -52,20 +56,51 @@ MODELS_NOTE = (
     "  dinov2-giant.safetensors  (facebook/dinov2-giant model.safetensors, renamed)\n"
     "models/vae/\n"
     "  sd21-base-vae.safetensors  (stabilityai/stable-diffusion-2-1-base vae/diffusion_pytorch_model.safetensors)\n"
+    "The same workflow with the bundled demo models: the *_demo_models variant."
 )
-DEMO_NOTE = (
-    "The released demo checkpoint (stage 2 only, no prior):\n"
-    "models/pcdms/PCDMs_ckpt.pt  (official Google Drive folder 1hnPm-GzaAtQKjgG_glhlQZieJ5g5Xd-y)\n"
-    "models/clip_vision/dinov2-giant.safetensors  (facebook/dinov2-giant)\n"
-    "models/vae/sd21-base-vae.safetensors  (stabilityai/stable-diffusion-2-1-base vae)\n\n"
-    "The target pose is a skeleton image here (like the official demo's pose PNGs); keypoints work too.\n"
-    "Official settings: DDIM (scheduler auto), 50 steps, cfg 2."
+DEMO_MODELS_NOTE = (
+    "Runs on the pack's bundled demo models (trained on synthetic people; nothing to download), which the\n"
+    "loaders list from the pack's own folders:\n"
+    "demo_models/pcdms/  pcdms_demo_prior, pcdms_demo_inpaint, pcdms_demo_inpaint_noprior, pcdms_demo_refine\n"
+    "demo_models/clip_vision/  pcdms_demo_clip, pcdms_demo_dinov2\n"
+    "demo_models/vae/  pcdms_demo_vae (load it with PCDMs VAE Loader)\n"
+    "They are small and work at 128 x 128: expect a rough picture of the person in the new pose.\n"
+    "For real photos use the official models: the same workflow without _demo_models names them."
 )
+OFFICIAL = Models(
+    suffix="", prior="s1_512.pt", inpaint="s2_512.pt", refine="s3_512.pt", noprior="PCDMs_ckpt.pt",
+    clip="CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", dino="dinov2-giant.safetensors",
+    vae="sd21-base-vae.safetensors", vae_node="VAELoader", size=512, note=OFFICIAL_NOTE,
+    noprior_note=(
+        "The released demo checkpoint (stage 2 only, no prior):\n"
+        "models/pcdms/PCDMs_ckpt.pt  (official Google Drive folder 1hnPm-GzaAtQKjgG_glhlQZieJ5g5Xd-y)\n"
+        "models/clip_vision/dinov2-giant.safetensors  (facebook/dinov2-giant)\n"
+        "models/vae/sd21-base-vae.safetensors  (stabilityai/stable-diffusion-2-1-base vae)\n\n"
+        "The target pose is a skeleton image here (like the official demo's pose PNGs); keypoints work too.\n"
+        "Official settings: DDIM (scheduler auto), 50 steps, cfg 2."),
+)
+DEMO = Models(
+    suffix="_demo_models", prior="pcdms_demo_prior.safetensors", inpaint="pcdms_demo_inpaint.safetensors",
+    refine="pcdms_demo_refine.safetensors", noprior="pcdms_demo_inpaint_noprior.safetensors",
+    clip="pcdms_demo_clip.safetensors", dino="pcdms_demo_dinov2.safetensors", vae="pcdms_demo_vae.safetensors",
+    vae_node="PCDMsVAELoader", size=128, note=DEMO_MODELS_NOTE,
+    noprior_note=DEMO_MODELS_NOTE + "\nStage 2 without a prior (like the released PCDMs_ckpt.pt), target pose as a "
+                                    "skeleton image; DDIM, 50 steps, cfg 2.",
+)
+INPUTS = {
+    "source": "pcdms_example_source.png",
+    "source_pose": "pcdms_example_source_pose.json",
+    "target_pose": "pcdms_example_target_pose.json",
+    "target_pose_image": "pcdms_example_target_pose.png",
+    "pose_photo": "pcdms_example_pose_photo.png",
+}
+SIZES = {"Note": (400, 330), "LoadImage": (300, 330), "SaveImage": (330, 380), "PreviewImage": (300, 280)}
 
 
 class Graph:
-    def __init__(self, object_info: dict):
+    def __init__(self, object_info: dict, models: Models):
         self.info = object_info
+        self.models = models
         self.nodes: list[dict] = []
         self.links: list[list] = []
 
@@ -132,16 +167,19 @@ class Graph:
         }
 
 
-def _loaders(g: Graph, prior=True, refine=True, inpaint_file=MODEL_FILES["inpaint"], row=0):
+def _loaders(g: Graph, prior=True, refine=True, noprior=False):
+    m = g.models
     out = {}
     if prior:
-        out["clip"] = g.node("PCDMsCLIPVisionLoader", 1, row, encoder_name=MODEL_FILES["clip"])
-        out["prior"] = g.node("PCDMsCheckpointLoader", 1, row + 3, title="Stage 1: prior", ckpt_name=MODEL_FILES["prior"])
-    out["dino"] = g.node("PCDMsDINOv2Loader", 1, row + 1, encoder_name=MODEL_FILES["dino"])
-    out["vae"] = g.node("VAELoader", 1, row + 2, vae_name=MODEL_FILES["vae"])
-    out["inpaint"] = g.node("PCDMsCheckpointLoader", 1, row + 4, title="Stage 2: inpainting", ckpt_name=inpaint_file)
+        out["clip"] = g.node("PCDMsCLIPVisionLoader", 1, 0, encoder_name=m.clip)
+        out["prior"] = g.node("PCDMsCheckpointLoader", 1, 3, title="Stage 1: prior", ckpt_name=m.prior)
+    out["dino"] = g.node("PCDMsDINOv2Loader", 1, 1, encoder_name=m.dino)
+    out["vae"] = g.node(m.vae_node, 1, 2, vae_name=m.vae)
+    out["vae_out"] = "VAE" if m.vae_node == "VAELoader" else "vae"
+    out["inpaint"] = g.node("PCDMsCheckpointLoader", 1, 4, title="Stage 2: inpainting",
+                            ckpt_name=m.noprior if noprior else m.inpaint)
     if refine:
-        out["refine"] = g.node("PCDMsCheckpointLoader", 1, row + 5, title="Stage 3: refining", ckpt_name=MODEL_FILES["refine"])
+        out["refine"] = g.node("PCDMsCheckpointLoader", 1, 5, title="Stage 3: refining", ckpt_name=m.refine)
     return out
 
 
@@ -149,7 +187,7 @@ def _three_stages(g: Graph, src_img, src_pose, tgt_pose, between=None, seed=42):
     """Encode -> prior -> inpaint -> (between) -> refine. Poses are (node, output name); ``between`` is
     (first node, last node, last node's output) of a chain placed between inpainting and refining."""
     m = _loaders(g)
-    enc = g.node("PCDMsEncodeSource", 2, 0, width=512, height=512)
+    enc = g.node("PCDMsEncodeSource", 2, 0, width=g.models.size, height=g.models.size)
     g.link(src_img, "IMAGE", enc, "image")
     g.link(m["dino"], "dino", enc, "dino")
     g.link(m["clip"], "clip", enc, "clip")
@@ -160,7 +198,7 @@ def _three_stages(g: Graph, src_img, src_pose, tgt_pose, between=None, seed=42):
     g.link(*tgt_pose, prior, "target_pose")
     inpaint = g.node("PCDMsInpaint", 3, 0, seed=seed, steps=20, cfg=2.0, scheduler="auto", batch_size=1)
     g.link(m["inpaint"], "model", inpaint, "model")
-    g.link(m["vae"], "VAE", inpaint, "vae")
+    g.link(m["vae"], m["vae_out"], inpaint, "vae")
     g.link(enc, "source", inpaint, "source")
     g.link(prior, "embedding", inpaint, "embedding")
     g.link(*src_pose, inpaint, "source_pose")
@@ -169,7 +207,7 @@ def _three_stages(g: Graph, src_img, src_pose, tgt_pose, between=None, seed=42):
     g.link(inpaint, "image", coarse_preview, "images")
     refine = g.node("PCDMsRefine", 4, 2, seed=seed, steps=20, cfg=1.0, cfg_rescale=-1.0, scheduler="unipc")
     g.link(m["refine"], "model", refine, "model")
-    g.link(m["vae"], "VAE", refine, "vae")
+    g.link(m["vae"], m["vae_out"], refine, "vae")
     g.link(enc, "source", refine, "source")
     if between is None:
         g.link(inpaint, "image", refine, "image")
@@ -180,9 +218,8 @@ def _three_stages(g: Graph, src_img, src_pose, tgt_pose, between=None, seed=42):
     return refine
 
 
-def paper(info) -> dict:
-    g = Graph(info)
-    g.node("Note", 0, 0, title="PCDMs: models", text=MODELS_NOTE + "\nThe three stages of the paper: prior -> inpainting -> refining.")
+def paper(g: Graph) -> dict:
+    g.node("Note", 0, 0, title="PCDMs: models", text=g.models.note + "\nThe three stages of the paper: prior -> inpainting -> refining.")
     src = g.node("LoadImage", 0, 2, title="Source person", image=INPUTS["source"])
     sp = g.node("PCDMsLoadPose", 0, 4, title="Source pose", pose_file=INPUTS["source_pose"])
     tp = g.node("PCDMsLoadPose", 0, 5, title="Target pose", pose_file=INPUTS["target_pose"])
@@ -192,19 +229,18 @@ def paper(info) -> dict:
     return g.to_json()
 
 
-def demo(info) -> dict:
-    g = Graph(info)
-    g.node("Note", 0, 0, title="PCDMs demo checkpoint", text=DEMO_NOTE)
+def demo(g: Graph) -> dict:
+    g.node("Note", 0, 0, title="PCDMs stage 2 without a prior", text=g.models.noprior_note)
     src = g.node("LoadImage", 0, 2, title="Source person", image=INPUTS["source"])
     sp = g.node("PCDMsLoadPose", 0, 4, title="Source pose", pose_file=INPUTS["source_pose"])
     tp = g.node("LoadImage", 0, 5, title="Target pose (skeleton image)", image=INPUTS["target_pose_image"])
-    m = _loaders(g, prior=False, refine=False, inpaint_file=MODEL_FILES["demo"])
-    enc = g.node("PCDMsEncodeSource", 2, 0, width=512, height=512)
+    m = _loaders(g, prior=False, refine=False, noprior=True)
+    enc = g.node("PCDMsEncodeSource", 2, 0, width=g.models.size, height=g.models.size)
     g.link(src, "IMAGE", enc, "image")
     g.link(m["dino"], "dino", enc, "dino")
     inpaint = g.node("PCDMsInpaint", 3, 0, seed=42, steps=50, cfg=2.0, scheduler="auto", batch_size=1)
     g.link(m["inpaint"], "model", inpaint, "model")
-    g.link(m["vae"], "VAE", inpaint, "vae")
+    g.link(m["vae"], m["vae_out"], inpaint, "vae")
     g.link(enc, "source", inpaint, "source")
     g.link(sp, "pose_keypoint", inpaint, "source_pose")
     g.link(tp, "IMAGE", inpaint, "target_pose_image")
@@ -213,11 +249,10 @@ def demo(info) -> dict:
     return g.to_json()
 
 
-def dwpose(info) -> dict:
-    g = Graph(info)
-    g.node("Note", 0, 0, title="PCDMs with DWPose", text=MODELS_NOTE + (
-        "\nNeeds comfyui_controlnet_aux (DWPose Estimator). The target pose is detected on a photo of anyone and "
-        "moved onto the source body (PCDMs Align Pose)."))
+def dwpose(g: Graph) -> dict:
+    g.node("Note", 0, 0, title="PCDMs with DWPose", text=g.models.note + (
+        "\nNeeds comfyui_controlnet_aux (DWPose Estimator), which fetches its own detector weights. The target pose "
+        "is detected on a photo of anyone and moved onto the source body (PCDMs Align Pose)."))
     src = g.node("LoadImage", 0, 2, title="Source person", image=INPUTS["source"])
     photo = g.node("LoadImage", 0, 4, title="Photo with the wanted pose", image=INPUTS["pose_photo"])
     dw_src = g.node("DWPreprocessor", 1, 6, title="Source pose (DWPose)", detect_face="disable")
@@ -235,17 +270,16 @@ def dwpose(info) -> dict:
     return g.to_json()
 
 
-def rewired(info) -> dict:
-    g = Graph(info)
-    g.node("Note", 0, 0, title="PCDMs stages rewired", text=MODELS_NOTE + (
+def rewired(g: Graph) -> dict:
+    g.node("Note", 0, 0, title="PCDMs stages rewired", text=g.models.note + (
         "\nThe stages are separate nodes: here a core Image Sharpen sits between inpainting and refining, and a "
-        "core Upscale Image brings the result back to the source photo's 176:256 aspect."))
+        "core Upscale Image enlarges the result to 768 x 768."))
     src = g.node("LoadImage", 0, 2, title="Source person", image=INPUTS["source"])
     sp = g.node("PCDMsLoadPose", 0, 4, title="Source pose", pose_file=INPUTS["source_pose"])
     tp = g.node("PCDMsLoadPose", 0, 5, title="Target pose", pose_file=INPUTS["target_pose"])
     sharpen = g.node("ImageSharpen", 3, 3, sharpen_radius=1, sigma=1.0, alpha=0.5)
     refine = _three_stages(g, src, (sp, "pose_keypoint"), (tp, "pose_keypoint"), between=(sharpen, sharpen, "IMAGE"))
-    scale = g.node("ImageScale", 5, 2, upscale_method="bicubic", width=352, height=512, crop="disabled")
+    scale = g.node("ImageScale", 5, 2, upscale_method="bicubic", width=768, height=768, crop="disabled")
     g.link(refine, "image", scale, "image")
     save = g.node("SaveImage", 5, 0, filename_prefix="PCDMs/rewired")
     g.link(scale, "IMAGE", save, "images")
@@ -266,7 +300,7 @@ TITLES = {
 }
 
 
-def thumbnail(name: str, path: Path) -> None:
+def thumbnail(name: str, models: Models, path: Path) -> None:
     """A 512 x 384 card: the example source, the target skeleton, and the workflow's title."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -281,7 +315,9 @@ def thumbnail(name: str, path: Path) -> None:
         font = ImageFont.load_default(size=26)
     except TypeError:  # Pillow < 10.1
         font = ImageFont.load_default()
-    draw.text((48, 316), TITLES[name], fill=(240, 240, 240), font=font)
+    draw.text((48, 306), TITLES[name], fill=(240, 240, 240), font=font)
+    if models.suffix:
+        draw.text((48, 340), "on the bundled demo models", fill=(170, 200, 255), font=font)
     card.save(path, quality=90)
 
 
@@ -294,15 +330,16 @@ def build(out_dir: Path = WORKFLOWS) -> list[Path]:
             comfy_stub.uninstall(modules)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, builder in BUILDERS.items():
-        wf = builder(info)
-        problems = check_workflow(wf, info)
-        if problems:
-            raise SystemExit(f"{name}: " + "; ".join(problems))
-        path = out_dir / f"{name}.json"
-        path.write_text(json.dumps(wf, indent=1) + "\n")
-        thumbnail(name, out_dir / f"{name}.jpg")
-        written.append(path)
+    for models in (OFFICIAL, DEMO):
+        for name, builder in BUILDERS.items():
+            wf = builder(Graph(info, models))
+            problems = check_workflow(wf, info)
+            if problems:
+                raise SystemExit(f"{name}: " + "; ".join(problems))
+            path = out_dir / f"{name}{models.suffix}.json"
+            path.write_text(json.dumps(wf, indent=1) + "\n")
+            thumbnail(name, models, out_dir / f"{name}{models.suffix}.jpg")
+            written.append(path)
     return written
 
 

@@ -92,8 +92,13 @@ def test_model_folder_is_registered_and_merged(tmp_path):
         modules["folder_paths"].folder_names_and_paths["pcdms"] = ([extra], {".pt"})
         comfy_stub.import_pack()
         paths, exts = modules["folder_paths"].folder_names_and_paths["pcdms"]
-        assert paths == [extra, str(tmp_path / "models" / "pcdms")]
+        assert paths[:2] == [extra, str(tmp_path / "models" / "pcdms")]
         assert {".pt", ".safetensors"} <= exts
+        # the bundled demo models are listed by the pcdms, clip_vision and vae loaders
+        demo_dir = comfy_stub.ROOT / "demo_models"
+        for folder in ("pcdms", "clip_vision", "vae"):
+            if (demo_dir / folder).is_dir():
+                assert str(demo_dir / folder) in modules["folder_paths"].folder_names_and_paths[folder][0]
     finally:
         comfy_stub.uninstall(modules)
 
@@ -111,7 +116,8 @@ def _load(env):
 
 def test_loader_lists_and_describes(env):
     schema = env.nodes["PCDMsCheckpointLoader"].define_schema()
-    assert schema.inputs[0].options == ["PCDMs_ckpt.safetensors", "s1_512.safetensors", "s2_512.safetensors", "s3_512.safetensors"]
+    options = schema.inputs[0].options
+    assert {"PCDMs_ckpt.safetensors", "s1_512.safetensors", "s2_512.safetensors", "s3_512.safetensors"} <= set(options)
     model, info = run(env, "PCDMsCheckpointLoader", ckpt_name="PCDMs_ckpt.safetensors", dtype="fp32")
     assert model.kind == "inpaint" and model.info.variant == "demo"
     assert "demo variant" in info

@@ -34,7 +34,7 @@ def test_pipeline_is_the_stages_in_a_row(pipe, inputs, refs):
     dino_calls = []
     handle = pipe.dino.register_forward_hook(lambda m, a, o: dino_calls.append(1))
     try:
-        result = pipe(src, sp, tp, size=(64, 64), seed=11, **settings)
+        result = pipe(src, sp, tp, size=(64, 64), prior_size=(512, 512), seed=11, **settings)
     finally:
         handle.remove()
     assert len(dino_calls) == 1  # encoded once, used by stages 2 and 3
@@ -84,3 +84,30 @@ def test_paper_pipeline_needs_the_prior_and_keypoints(models, pipe, inputs):
         no_prior(inputs("src_a.png"), sp, tp, size=(64, 64))
     with pytest.raises(InputError, match="keypoint poses"):
         pipe(inputs("src_a.png"), sp, inputs("pose_t1.png"), size=(64, 64))
+
+
+def test_lazy_pipeline_loads_each_stage_when_needed_and_gives_the_same_images(tmp_path, inputs):
+    from pcdms_core.checkpoints import convert_checkpoint
+    from pcdms_core.pipeline import Lazy
+
+    from helpers import CONFIGS
+
+    files = {name: convert_checkpoint(PARITY / "checkpoints" / f"{fixture}.pt", tmp_path / f"{fixture}.safetensors",
+                                      config=CONFIGS[fixture])
+             for name, fixture in (("prior", "s1"), ("inpaint", "s2_paper"), ("refine", "s3"))}
+    common = dict(vae=PARITY / "vae", dino=PARITY / "dinov2", clip=PARITY / "clip_vision", **files)
+    eager = PCDMsPipeline.from_files(**common)
+    lazy = PCDMsPipeline.from_files(**common, lazy=True)
+    assert isinstance(lazy.inpaint, Lazy) and lazy.uses_prior
+    loads = []
+    for name in ("prior", "inpaint", "refine", "dino", "clip", "vae"):
+        slot = getattr(lazy, name)
+        original = slot._load
+        slot._load = (lambda f=original, n=name: (loads.append(n), f())[1])
+    sp, tp = _poses()
+    kw = dict(size=(64, 64), seed=2, prior_settings=StageSettings(steps=2), inpaint_settings=StageSettings(steps=2),
+              refine_settings=StageSettings(steps=2))
+    a = eager(inputs("src_a.png"), sp, tp, **kw)
+    b = lazy(inputs("src_a.png"), sp, tp, **kw)
+    assert torch.equal(a.images, b.images)
+    assert loads == ["dino", "clip", "prior", "inpaint", "vae", "refine", "vae"]  # one stage at a time

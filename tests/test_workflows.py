@@ -13,7 +13,8 @@ from workflow_tools import WORKFLOWS, check_workflow, load_workflows, offline_ob
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE_AND_AUX = {"LoadImage", "VAELoader", "SaveImage", "PreviewImage", "ImageScale", "ImageSharpen", "DWPreprocessor", "Note"}
-EXPECTED = {"pcdms_paper_three_stages", "pcdms_demo_checkpoint", "pcdms_dwpose_target_pose", "pcdms_stages_rewired"}
+BASE = {"pcdms_paper_three_stages", "pcdms_demo_checkpoint", "pcdms_dwpose_target_pose", "pcdms_stages_rewired"}
+EXPECTED = BASE | {name + "_demo_models" for name in BASE}
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def object_info(tmp_path_factory):
         comfy_stub.uninstall(modules)
 
 
-def test_the_four_workflows_exist_with_thumbnails():
+def test_every_workflow_and_its_demo_variant_exist_with_thumbnails():
     workflows = load_workflows()
     assert set(workflows) == EXPECTED
     for name in workflows:
@@ -43,7 +44,8 @@ def test_workflow_is_sound(object_info, name):
     assert types <= ours | CORE_AND_AUX, types - ours - CORE_AND_AUX
     assert check_workflow(wf, object_info) == []
     notes = " ".join(n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "Note")
-    assert "models/pcdms/" in notes and "models/clip_vision/" in notes and "models/vae/" in notes
+    prefix = "demo_models/" if name.endswith("_demo_models") else "models/"
+    assert all(f"{prefix}{folder}/" in notes for folder in ("pcdms", "clip_vision", "vae")), notes
 
 
 def test_conversion_to_the_api_format(object_info):

@@ -1,0 +1,484 @@
+"""Training for the three stages (and the small VAE the demo models need), after the official recipes.
+
+One loop for every stage and size: ``accelerate`` runs it on a CPU or on several GPUs unchanged. Each run
+writes to its output folder: ``checkpoints/step_N`` (model, optimiser and step; a run resumes from the
+newest one), ``loss.jsonl``, and the trained model in our checkpoint layout (``<stage>.safetensors``).
+
+Recipes (spec §7), per stage:
+
+| | prior | inpainting | refining |
+|---|---|---|---|
+| objective | MSE on the normalised clean embedding (x0) | MSE on the noise, whole [source / target] latent | MSE on the noise |
+| schedule | DDPM, squared cosine, 1000 steps | DDPM, SD 2.1 betas | DDPM, SD 2.1 betas |
+| condition dropout (p 0.1 each) | source image pixels, source pose, target pose | DINOv2 input pixels, CLIP target pixels | coarse-image pixels |
+| noise offset | 0.1 | 0.1 | 0.1 |
+| optimiser | AdamW, wd 0.01, clip 10 | AdamW (0.9, 0.999), wd 0.01, eps 1e-8, clip 1 | as inpainting |
+| official lr (constant) | 1e-5 | 1e-4 | 1e-5 |
+
+Dropping "pixels" means zeroing the encoder's preprocessed input (CLIP-normalised space), as the official
+datasets do. Stage 3 learns from stage-2 outputs on training pairs (made with the real target embedding,
+like the official batch test on train_data.json): ``make_coarse`` writes them once.
+
+Data: the synthetic set (``synthetic.SyntheticPairs``) or a DeepFashion-style folder (``DeepFashionPairs``:
+the official pairs list, images and ``normalized_pose_txt`` keypoint files).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from . import demo
+from . import images as im
+from . import vae as vae_ops
+from .checkpoints import load_checkpoint, save_checkpoint
+from .encoders import ImageEncoder, load_image_encoder, preprocess, save_image_encoder
+from .errors import InputError
+from .inpaint import keep_mask, sample_inpaint
+from .pose import Pose, load_pose, pose_vector, render_pose
+from .prior import from_clip_space
+from .synthetic import SyntheticPairs
+
+# --- data --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Batch:
+    source: torch.Tensor  # uint8 [B, 3, H, W] at the working size
+    target: torch.Tensor
+    source_skeleton: Optional[torch.Tensor]  # uint8 [B, 3, H, W] (None when the stage does not read them)
+    target_skeleton: Optional[torch.Tensor]
+    source_pose: torch.Tensor  # [B, 36]
+    target_pose: torch.Tensor
+    index: list[int] = field(default_factory=list)
+    target_mask: Optional[torch.Tensor] = None  # bool [B, H, W] when the data has it
+
+
+class SyntheticData:
+    def __init__(self, seed: int, size: tuple[int, int], skeletons: bool = True):
+        self.pairs = SyntheticPairs(seed=seed, size=size)
+        self.size = size
+        self.skeletons = skeletons
+
+    def batch(self, indices: list[int]) -> Batch:
+        items = [self.pairs[i] for i in indices]
+        stack = lambda xs: torch.stack(list(xs))  # noqa: E731
+        sk = self.skeletons
+        return Batch(
+            source=stack(p.source for p in items), target=stack(p.target for p in items),
+            source_skeleton=stack(render_pose(p.source_pose, self.size) for p in items) if sk else None,
+            target_skeleton=stack(render_pose(p.target_pose, self.size) for p in items) if sk else None,
+            source_pose=pose_vector([p.source_pose for p in items]), target_pose=pose_vector([p.target_pose for p in items]),
+            index=list(indices), target_mask=stack(p.target_mask for p in items),
+        )
+
+
+class DeepFashionPairs:
+    """A DeepFashion-style folder: ``pairs`` is the official train/test json (``source_image`` / ``target_image``
+    names ending .jpg), images are read as .png from ``images``, keypoints from ``poses`` (18-line txt files),
+    skeleton images from ``pose_images`` (``<name>_pose.jpg``) when given, else rendered from the keypoints."""
+
+    def __init__(self, pairs: Path, images: Path, poses: Path, size: tuple[int, int], pose_images: Optional[Path] = None):
+        self.items = json.loads(Path(pairs).read_text())
+        if not self.items:
+            raise InputError(f"{pairs} lists no pairs")
+        self.images, self.poses, self.pose_images, self.size = Path(images), Path(poses), pose_images, size
+
+    def _load(self, name: str):
+        from PIL import Image
+
+        img = im.resize_u8(im.as_uint8_batch(Image.open(self.images / name.replace(".jpg", ".png"))), self.size)[0]
+        pose = load_pose(self.poses / name.replace(".jpg", ".txt"), min_joints=1)
+        if self.pose_images is not None and (Path(self.pose_images) / name.replace(".jpg", "_pose.jpg")).exists():
+            sk = im.resize_u8(im.as_uint8_batch(Image.open(Path(self.pose_images) / name.replace(".jpg", "_pose.jpg"))), self.size)[0]
+        else:
+            sk = render_pose(pose, self.size)
+        return img, pose, sk
+
+    def batch(self, indices: list[int]) -> Batch:
+        rows = []
+        for i in indices:
+            item = self.items[i % len(self.items)]
+            rows.append((self._load(item["source_image"]), self._load(item["target_image"])))
+        return Batch(
+            source=torch.stack([s[0] for s, _ in rows]), target=torch.stack([t[0] for _, t in rows]),
+            source_skeleton=torch.stack([s[2] for s, _ in rows]), target_skeleton=torch.stack([t[2] for _, t in rows]),
+            source_pose=pose_vector([s[1] for s, _ in rows]), target_pose=pose_vector([t[1] for _, t in rows]),
+            index=list(indices),
+        )
+
+
+# --- configuration -----------------------------------------------------------------------------------------------
+
+OFFICIAL = {
+    "prior": dict(lr=1e-5, weight_decay=0.01, grad_clip=10.0),
+    "inpaint": dict(lr=1e-4, weight_decay=0.01, grad_clip=1.0),
+    "refine": dict(lr=1e-5, weight_decay=0.01, grad_clip=1.0),
+    "vae": dict(lr=1e-3, weight_decay=0.0, grad_clip=1.0),
+}
+
+
+@dataclass
+class TrainConfig:
+    stage: str  # "vae" | "prior" | "inpaint" | "refine"
+    out: str
+    steps: int = 1000
+    batch_size: int = 16
+    lr: Optional[float] = None  # default: the official one (see OFFICIAL)
+    weight_decay: Optional[float] = None
+    grad_clip: Optional[float] = None
+    variant: str = "paper"  # inpainting: "paper" (takes the prior's embedding) or "demo"
+    size: tuple[int, int] = demo.SIZE
+    seed: int = 0
+    data: str = "synthetic"  # or "deepfashion"
+    pairs: Optional[str] = None  # DeepFashion: pairs json, images, keypoints, skeleton images
+    images: Optional[str] = None
+    poses: Optional[str] = None
+    pose_images: Optional[str] = None
+    vae: Optional[str] = None  # frozen parts (default: the demo files)
+    clip: Optional[str] = None
+    dino: Optional[str] = None
+    init: Optional[str] = None  # start from this checkpoint instead of a random initialisation
+    coarse: Optional[str] = None  # refining: the stage-2 outputs (see make_coarse)
+    drop_rate: float = 0.1
+    noise_offset: float = 0.1
+    save_every: int = 250
+    keep_checkpoints: int = 2
+    mixed_precision: str = "no"
+    log_every: int = 10
+    export_to: Optional[str] = None  # also write the trained model here (e.g. into demo_models/) ...
+    export_dtype: str = "fp16"  # ... in this dtype
+
+    def hyper(self, name: str) -> float:
+        value = getattr(self, name)
+        return OFFICIAL[self.stage][name] if value is None else value
+
+
+def _data(cfg: TrainConfig):
+    if cfg.data == "synthetic":
+        return SyntheticData(cfg.seed, tuple(cfg.size), skeletons=cfg.stage == "inpaint")
+    if cfg.data == "deepfashion":
+        if not (cfg.pairs and cfg.images and cfg.poses):
+            raise InputError("DeepFashion training needs --pairs, --images and --poses")
+        return DeepFashionPairs(Path(cfg.pairs), Path(cfg.images), Path(cfg.poses), tuple(cfg.size),
+                                Path(cfg.pose_images) if cfg.pose_images else None)
+    raise InputError(f"unknown data {cfg.data!r}: use synthetic or deepfashion")
+
+
+def _frozen(path: Optional[str], kind: str, loader: Callable, device):
+    model = loader(path or demo.demo_file(kind))
+    return model.to(device).eval().requires_grad_(False)
+
+
+# --- the stages' losses ---------------------------------------------------------------------------------------------
+
+def _drop(x: torch.Tensor, rate: float, gen: torch.Generator) -> torch.Tensor:
+    """Zero whole samples with probability ``rate`` (condition dropout)."""
+    keep = (torch.rand(x.shape[0], generator=gen) >= rate).to(x.dtype).to(x.device)
+    return x * keep.view(-1, *([1] * (x.ndim - 1)))
+
+
+def _noisy(scheduler, x0: torch.Tensor, gen: torch.Generator, offset: float):
+    noise = torch.randn(x0.shape, generator=gen).to(x0)
+    if offset:  # one offset per sample (and channel), as the official B x C x 1 x 1 / B x 1 x 1
+        shape = (x0.shape[0], 1) if x0.ndim == 2 else (*x0.shape[:2], *([1] * (x0.ndim - 2)))
+        noise = noise + offset * torch.randn(shape, generator=gen).to(x0)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(x0.device)
+    return scheduler.add_noise(x0, noise, t), noise, t
+
+
+class Stage:
+    """A stage's trainable model, its frozen helpers and its loss."""
+
+    model: torch.nn.Module
+    name: str
+
+    def loss(self, model, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def export(self, model, path: Path, dtype=None) -> Path:
+        raise NotImplementedError
+
+
+class VaeStage(Stage):
+    name = "vae"
+
+    def __init__(self, cfg: TrainConfig, device):
+        self.model = demo.build_vae()
+        self.device = device
+
+    CROP = 64  # the VAE is convolutional: random 64 x 64 crops train it four times faster per image
+
+    def loss(self, model, batch, gen):
+        x = im.to_model_range(torch.cat([batch.source, batch.target])).to(self.device)
+        c = self.CROP
+        if x.shape[-1] > c and x.shape[-2] > c:
+            ys = torch.randint(0, (x.shape[-2] - c) // 4 + 1, (x.shape[0],), generator=gen) * 4
+            xs = torch.randint(0, (x.shape[-1] - c) // 4 + 1, (x.shape[0],), generator=gen) * 4
+            x = torch.stack([img[:, y:y + c, x0:x0 + c] for img, y, x0 in zip(x, ys.tolist(), xs.tolist())])
+        dist = model.encode(x).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen).to(x)
+        rec = model.decode(z).sample
+        kl = dist.kl().mean() / x[0].numel()
+        return F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
+
+    @torch.no_grad()
+    def export(self, model, path, dtype=None):
+        """Also sets ``scaling_factor`` so the latents have unit variance (SD uses 0.18215 for the same)."""
+        data = SyntheticData(12345, demo.SIZE)
+        b = data.batch(list(range(64)))
+        x = im.to_model_range(torch.cat([b.source, b.target])).to(next(model.parameters()).device)
+        std = float(model.encode(x).latent_dist.mean.std())
+        model.register_to_config(scaling_factor=round(1.0 / std, 5))
+        return vae_ops.save_vae(model, path, dtype)
+
+
+class PriorStage(Stage):
+    name = "prior"
+
+    def __init__(self, cfg: TrainConfig, device):
+        from .sampling import make_scheduler
+
+        self.cfg, self.device = cfg, device
+        self.clip = _frozen(cfg.clip, "clip", lambda p: load_image_encoder(p, "clip"), device)
+        self.scheduler = _ddpm(make_scheduler("ddpm", "prior"))
+        if cfg.init:
+            self.model = load_checkpoint(cfg.init, expect="prior")
+        else:
+            stats = _embedding_stats(self.clip, cfg)
+            self.model = demo.build_prior(*stats)
+        self.model.requires_grad_(True)
+
+    def loss(self, model, batch, gen):
+        cfg = self.cfg
+        with torch.no_grad():
+            src_px = _drop(preprocess(batch.source, cfg.size), cfg.drop_rate, gen).to(self.device)
+            src_emb = self.clip(src_px)
+            tgt_emb = self.clip(preprocess(batch.target, cfg.size).to(self.device))
+        x0 = from_clip_space(tgt_emb, _config(model))
+        x_t, _, t = _noisy(self.scheduler, x0, gen, cfg.noise_offset)
+        sp = _drop(batch.source_pose, cfg.drop_rate, gen).to(self.device)
+        tp = _drop(batch.target_pose, cfg.drop_rate, gen).to(self.device)
+        pred = model(x_t, t, src_emb, sp, tp)
+        return F.mse_loss(pred.float(), x0.float())
+
+    def export(self, model, path, dtype=None):
+        return save_checkpoint(model, path, dtype=dtype)
+
+
+class InpaintStage(Stage):
+    name = "inpaint"
+
+    def __init__(self, cfg: TrainConfig, device):
+        from .sampling import make_scheduler
+
+        self.cfg, self.device = cfg, device
+        self.vae = _frozen(cfg.vae, "vae", vae_ops.load_vae, device)
+        self.dino = _frozen(cfg.dino, "dino", lambda p: load_image_encoder(p, "dinov2"), device)
+        self.clip = _frozen(cfg.clip, "clip", lambda p: load_image_encoder(p, "clip"), device) if cfg.variant == "paper" else None
+        self.scheduler = _ddpm(make_scheduler("ddpm"))
+        if cfg.init:
+            self.model = load_checkpoint(cfg.init, expect="inpaint")
+        else:
+            self.model = demo.build_inpaint(cfg.variant)
+            torch.nn.init.zeros_(self.model.pose_proj.conv_out.weight)  # official: zero-initialised
+            torch.nn.init.zeros_(self.model.pose_proj.conv_out.bias)
+        self.model.requires_grad_(True)
+
+    def loss(self, model, batch, gen):
+        cfg = self.cfg
+        inner = getattr(model, "module", model)
+        with torch.no_grad():
+            canvas = im.side_by_side(batch.source, batch.target)
+            masked = im.side_by_side(batch.source, torch.zeros_like(batch.target))
+            x0 = vae_ops.encode(self.vae, im.to_model_range(canvas), gen)
+            masked_lat = vae_ops.encode(self.vae, im.to_model_range(masked), gen)
+            tokens = self.dino(_drop(preprocess(batch.source, cfg.size), cfg.drop_rate, gen).to(self.device))
+            emb = None
+            if self.clip is not None:
+                emb = self.clip(_drop(preprocess(batch.target, cfg.size), cfg.drop_rate, gen).to(self.device))
+        b, _, h, w = x0.shape
+        mask = keep_mask(h, w, b, x0.device, x0.dtype)
+        x_t, noise, t = _noisy(self.scheduler, x0, gen, cfg.noise_offset)
+        poses = im.to_model_range(im.side_by_side(batch.source_skeleton, batch.target_skeleton)).to(self.device)
+        context = inner.context(tokens, emb)
+        pred = model(torch.cat([x_t, mask, masked_lat], dim=1), t, context, inner.pose_proj(poses), emb)
+        return F.mse_loss(pred.float(), noise.float())
+
+    def export(self, model, path, dtype=None):
+        return save_checkpoint(model, path, dtype=dtype, extra={"pcdms.size": json.dumps(list(self.cfg.size))})
+
+
+class RefineStage(Stage):
+    name = "refine"
+
+    def __init__(self, cfg: TrainConfig, device):
+        from .sampling import make_scheduler
+
+        self.cfg, self.device = cfg, device
+        if not cfg.coarse or not Path(cfg.coarse).exists():
+            raise InputError("refining trains on stage-2 outputs: make them first (python -m pcdms_core train "
+                             "make-coarse ...) and pass --coarse")
+        cache = torch.load(cfg.coarse, weights_only=True)
+        self.coarse = cache["images"]  # uint8 [N, 3, H, W] for pair indices 0..N-1 of cfg.seed's data
+        self.vae = _frozen(cfg.vae, "vae", vae_ops.load_vae, device)
+        self.dino = _frozen(cfg.dino, "dino", lambda p: load_image_encoder(p, "dinov2"), device)
+        self.scheduler = _ddpm(make_scheduler("ddpm"))
+        self.model = load_checkpoint(cfg.init, expect="refine") if cfg.init else demo.build_refine()
+        self.model.requires_grad_(True)
+
+    def indices(self, step: int, batch_size: int, rank: int, world: int) -> list[int]:
+        n = self.coarse.shape[0]
+        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + step * 131 + rank)
+        return torch.randint(0, n, (batch_size,), generator=g).tolist()
+
+    def loss(self, model, batch, gen):
+        cfg = self.cfg
+        inner = getattr(model, "module", model)
+        coarse = self.coarse[batch.index]
+        with torch.no_grad():
+            x0 = vae_ops.encode(self.vae, im.to_model_range(batch.target), gen)
+            cond = vae_ops.encode(self.vae, _drop(im.to_model_range(coarse), cfg.drop_rate, gen), gen)
+            tokens = self.dino(preprocess(batch.source, cfg.size).to(self.device))
+        x_t, noise, t = _noisy(self.scheduler, x0, gen, cfg.noise_offset)
+        pred = model(torch.cat([x_t, cond], dim=1), t, inner.image_proj(tokens))
+        return F.mse_loss(pred.float(), noise.float())
+
+    def export(self, model, path, dtype=None):
+        return save_checkpoint(model, path, dtype=dtype, extra={"pcdms.size": json.dumps(list(self.cfg.size))})
+
+
+STAGES = {"vae": VaeStage, "prior": PriorStage, "inpaint": InpaintStage, "refine": RefineStage}
+
+
+def _config(model):
+    return getattr(model, "module", model).config
+
+
+def _ddpm(scheduler):
+    """A DDPM scheduler with the same betas, for ``add_noise`` during training."""
+    from ._compat import DDPMScheduler
+
+    return DDPMScheduler.from_config(scheduler.config)
+
+
+@torch.no_grad()
+def _embedding_stats(clip: ImageEncoder, cfg: TrainConfig) -> tuple[float, float]:
+    """Mean and std of the encoder's image embeddings over 256 training images (the prior's normalisation)."""
+    data = _data(cfg)
+    b = data.batch(list(range(128)))
+    emb = clip(preprocess(torch.cat([b.source, b.target]), cfg.size).to(next(clip.parameters()).device))
+    return float(emb.mean()), float(emb.std())
+
+
+# --- the loop ---------------------------------------------------------------------------------------------------------
+
+def _checkpoints(out: Path) -> list[Path]:
+    return sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Run (or resume) a training run; returns the exported model's path."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    stage = STAGES[cfg.stage](cfg, acc.device)
+    data = _data(cfg)
+    params = [p for p in stage.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.hyper("lr"), betas=(0.9, 0.999), weight_decay=cfg.hyper("weight_decay"), eps=1e-8)
+    model, opt = acc.prepare(stage.model, opt)
+    start = 0
+    saved = _checkpoints(out)
+    if saved:
+        acc.load_state(str(saved[-1]))
+        start = int(saved[-1].name.split("_")[1])
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    model.train()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.stage}",
+               disable=not (progress and acc.is_local_main_process))
+    log = open(out / "loss.jsonl", "a")
+    rank, world = acc.process_index, acc.num_processes
+    t0 = time.time()
+    for step in bar:
+        if hasattr(stage, "indices"):
+            indices = stage.indices(step, cfg.batch_size, rank, world)
+        else:
+            first = (step * world + rank) * cfg.batch_size
+            indices = list(range(first, first + cfg.batch_size))
+        batch = data.batch(indices)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * world + rank)
+        loss = stage.loss(model, batch, gen)
+        acc.backward(loss)
+        acc.clip_grad_norm_(params, cfg.hyper("grad_clip"))
+        opt.step()
+        opt.zero_grad()
+        value = float(loss.detach())
+        bar.set_postfix(loss=f"{value:.4f}")
+        if acc.is_main_process and (step % cfg.log_every == 0 or step + 1 == cfg.steps):
+            log.write(json.dumps({"step": step, "loss": value, "seconds": round(time.time() - t0, 2)}) + "\n")
+            log.flush()
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            acc.wait_for_everyone()
+            acc.save_state(str(out / "checkpoints" / f"step_{step + 1}"))
+            for old in _checkpoints(out)[:-cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+    log.close()
+    acc.wait_for_everyone()
+    path = out / f"{cfg.stage if cfg.stage != 'inpaint' or cfg.variant == 'paper' else 'inpaint_noprior'}.safetensors"
+    if acc.is_main_process:
+        model.eval()
+        stage.export(acc.unwrap_model(model), path)
+        if cfg.export_to:
+            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.export_dtype]
+            stage.export(acc.unwrap_model(model), Path(cfg.export_to), dtype)
+    return path
+
+
+def losses(out) -> list[dict]:
+    path = Path(out) / "loss.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+# --- stage-3 data, and the stand-in encoders ----------------------------------------------------------------------
+
+@torch.no_grad()
+def make_coarse(inpaint_path, out, *, count: int, seed: int = 0, steps: int = 10, batch_size: int = 32,
+                size: tuple[int, int] = demo.SIZE, vae=None, clip=None, dino=None, progress: bool = True) -> Path:
+    """Stage-2 outputs for training pairs 0..count-1 (with the real target embedding, as the official batch test
+    on the training list), saved as uint8 for refining's training."""
+    from tqdm.auto import tqdm
+
+    model = load_checkpoint(inpaint_path, expect="inpaint")
+    vae_model = vae_ops.load_vae(vae or demo.demo_file("vae"))
+    dino_model = load_image_encoder(dino or demo.demo_file("dino"), "dinov2")
+    clip_model = load_image_encoder(clip or demo.demo_file("clip"), "clip") if model.uses_prior else None
+    data = SyntheticData(seed, size)
+    chunks = []
+    for first in tqdm(range(0, count, batch_size), desc="stage-2 outputs", disable=not progress):
+        b = data.batch(list(range(first, min(count, first + batch_size))))
+        tokens = dino_model.encode(b.source, size)
+        emb = clip_model.encode(b.target, size) if clip_model is not None else None
+        res = sample_inpaint(model, vae_model, b.source, b.source_skeleton, b.target_skeleton, tokens, emb, size=size,
+                             steps=steps, generator=seed * 100_003 + first)
+        chunks.append(im.to_uint8(res.target))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"images": torch.cat(chunks), "seed": seed, "steps": steps}, out)
+    return out
+
+
+def write_stand_in_encoders(clip_path, dino_path) -> tuple[Path, Path]:
+    """The demo's CLIP and DINOv2 stand-ins: small ViTs frozen at a seeded random initialisation."""
+    return (save_image_encoder(demo.build_clip(), clip_path, torch.float16),
+            save_image_encoder(demo.build_dino(), dino_path, torch.float16))

@@ -1,0 +1,134 @@
+"""The synthetic set, short training runs (loss falls, checkpoints, resume, export), and the metrics."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pcdms_core import demo, metrics
+from pcdms_core.checkpoints import load_checkpoint
+from pcdms_core.encoders import load_image_encoder
+from pcdms_core.synthetic import SyntheticPairs
+from pcdms_core.training import TrainConfig, losses, train, write_stand_in_encoders
+from pcdms_core.vae import load_vae, save_vae
+
+
+def test_synthetic_pairs_are_deterministic_and_consistent():
+    a, b = SyntheticPairs(seed=3)[5], SyntheticPairs(seed=3)[5]
+    assert torch.equal(a.source, b.source) and torch.equal(a.target, b.target)
+    assert not torch.equal(SyntheticPairs(seed=4)[5].source, a.source)
+    assert a.source.shape == (3, 128, 128) and a.source.dtype == torch.uint8
+    # the keypoints lie on the drawn person: visible joints fall inside (or next to) the body mask
+    mask = a.target_mask.numpy()
+    px = (a.target_pose.xy * 128).astype(int).clip(0, 127)
+    on_body = [mask[max(0, y - 2):y + 3, max(0, x - 2):x + 3].any() for (x, y), v in zip(px, a.target_pose.visible) if v]
+    assert np.mean(on_body) > 0.9
+    assert a.target_pose.num_visible >= 12
+
+
+def test_synthetic_variety():
+    pairs = SyntheticPairs(seed=0)
+    kinds = {pairs[i].meta["target_kind"] for i in range(60)}
+    views = {pairs[i].meta["target_view"] for i in range(60)}
+    assert len(kinds) >= 5 and {"front", "back", "side"} <= views
+    hidden = [pairs[i].target_pose.num_visible < 18 for i in range(60)]
+    assert any(hidden)
+
+
+@pytest.fixture(scope="module")
+def frozen(tmp_path_factory):
+    d = tmp_path_factory.mktemp("frozen")
+    clip, dino = write_stand_in_encoders(d / "clip.safetensors", d / "dino.safetensors")
+    torch.manual_seed(0)
+    vae = save_vae(demo.build_vae(), d / "vae.safetensors")
+    return {"clip": str(clip), "dino": str(dino), "vae": str(vae)}
+
+
+def test_stand_in_encoders_load_from_their_files(frozen):
+    clip = load_image_encoder(frozen["clip"], "clip")
+    assert clip.output_dim == demo.EMBED_DIM
+    again = demo.build_clip()
+    x = torch.rand(2, 3, 224, 224)
+    torch.testing.assert_close(clip(x), again(x), atol=2e-3, rtol=2e-3)  # saved in fp16
+    assert load_image_encoder(frozen["dino"], "dinov2").output_dim == demo.TOKEN_DIM
+
+
+def test_prior_training_loss_falls_and_resumes(tmp_path, frozen):
+    cfg = TrainConfig(stage="prior", out=str(tmp_path / "prior"), steps=40, batch_size=8, lr=1e-3, save_every=20,
+                      clip=frozen["clip"], log_every=1)
+    path = train(cfg, progress=False)
+    log = losses(cfg.out)
+    assert [r["step"] for r in log] == list(range(40))
+    first, last = np.mean([r["loss"] for r in log[:5]]), np.mean([r["loss"] for r in log[-5:]])
+    assert last < 0.7 * first, (first, last)
+    prior = load_checkpoint(path, expect="prior")
+    assert prior.config.embedding_dim == demo.EMBED_DIM and prior.config.embed_std != 0.415
+    # resume: the run continues from its last checkpoint to the new step count
+    cfg.steps = 45
+    train(cfg, progress=False)
+    assert [r["step"] for r in losses(cfg.out)][40:] == [40, 41, 42, 43, 44]
+    assert sorted(p.name for p in (tmp_path / "prior" / "checkpoints").iterdir()) == ["step_40", "step_45"]
+
+
+def test_inpaint_training_runs_and_exports(tmp_path, frozen):
+    cfg = TrainConfig(stage="inpaint", out=str(tmp_path / "s2"), steps=2, batch_size=2, save_every=10, **frozen)
+    path = train(cfg, progress=False)
+    model = load_checkpoint(path, expect="inpaint")
+    assert model.variant == "paper" and model.unet.config.in_channels == 9
+    assert json.loads((tmp_path / "s2" / "train_config.json").read_text())["stage"] == "inpaint"
+
+
+def test_deepfashion_folder(tmp_path):
+    from PIL import Image
+
+    from pcdms_core.training import DeepFashionPairs
+
+    pairs = SyntheticPairs(seed=1)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "pose").mkdir()
+    items = []
+    for i in range(2):
+        p = pairs[i]
+        for tag, img, pose in (("s", p.source, p.source_pose), ("t", p.target, p.target_pose)):
+            Image.fromarray(img.permute(1, 2, 0).numpy()).resize((176, 256)).save(tmp_path / "img" / f"{tag}{i}.png")
+            rows = [f"{x:.6f} {y:.6f}" if v else "-1 -1" for (x, y), v in zip(pose.xy, pose.visible)]
+            (tmp_path / "pose" / f"{tag}{i}.txt").write_text("\n".join(rows))
+        items.append({"source_image": f"s{i}.jpg", "target_image": f"t{i}.jpg"})
+    (tmp_path / "train_data.json").write_text(json.dumps(items))
+    data = DeepFashionPairs(tmp_path / "train_data.json", tmp_path / "img", tmp_path / "pose", (64, 64))
+    b = data.batch([0, 1, 2])
+    assert b.source.shape == (3, 3, 64, 64) and b.target_skeleton.shape == (3, 3, 64, 64)
+    assert torch.equal(b.source[0], b.source[2])  # indices wrap around the list
+    torch.testing.assert_close(b.source_pose[0], torch.tensor(np.where(pairs[0].source_pose.visible[:, None],
+                               pairs[0].source_pose.xy, -1).reshape(-1), dtype=torch.float32), atol=1e-6, rtol=0)
+
+
+# --- metrics -------------------------------------------------------------------------------------------------------
+
+def test_ssim_matches_scikit_image_with_the_official_arguments():
+    """Reference values from skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.2,
+    use_sample_covariance=False, channel_axis=2, data_range=max-min of the generated image) on these arrays."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (3, 3, 40, 56)).astype(np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-40, 40, a.shape), 0, 255).astype(np.uint8)
+    ours = metrics.ssim(torch.from_numpy(b), torch.from_numpy(a))
+    expected = torch.tensor([0.9529043530017969, 0.9526744378590565, 0.9526641806398995], dtype=torch.float64)
+    torch.testing.assert_close(ours, expected, atol=1e-12, rtol=0)
+    assert metrics.ssim(torch.from_numpy(a), torch.from_numpy(a)).tolist() == pytest.approx([1.0] * 3)
+
+
+def test_masked_colour_error_and_frechet_distance():
+    pred = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    target = torch.full((1, 3, 4, 4), 10, dtype=torch.uint8)
+    target[..., :2, :] = 0
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[:, 2:, :] = True
+    assert metrics.masked_colour_error(pred, target, mask).tolist() == [10.0]
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(500, 4, generator=gen)
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    # two Gaussians: |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) = 4 (means 2 apart in one dim), S equal
+    b = a.clone()
+    b[:, 0] += 2
+    assert metrics.frechet_distance(a, b) == pytest.approx(4.0, rel=1e-6)
