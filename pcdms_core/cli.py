@@ -92,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--init", help="start from this checkpoint")
     t.add_argument("--coarse", help="refining: the stage-2 outputs from make-coarse")
     t.add_argument("--save-every", type=int, default=250)
+    t.add_argument("--ema", type=float, default=0.0,
+                   help="export an exponential moving average of the weights with this decay (e.g. 0.999; off by default, as officially)")
     t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     t.add_argument("--export", help="also write the trained model here (e.g. demo_models/pcdms/...)")
     t.add_argument("--export-dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
@@ -231,7 +233,7 @@ def _train(args) -> int:
         stage=args.stage, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, variant=args.variant,
         size=tuple(args.size or demo.SIZE), seed=args.seed, data=args.data, pairs=args.pairs, images=args.images, poses=args.poses,
         pose_images=args.pose_images, vae=args.vae, clip=args.clip, dino=args.dino, init=args.init, coarse=args.coarse,
-        save_every=args.save_every, mixed_precision=args.mixed_precision, export_to=args.export,
+        save_every=args.save_every, ema=args.ema, mixed_precision=args.mixed_precision, export_to=args.export,
         export_dtype=args.export_dtype,
     )
     print(train(cfg))

@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from . import demo
 from . import images as im
 from . import metrics
 from .inpaint import sample_inpaint
@@ -34,7 +35,7 @@ METHODS = ("source copy", "stage 2, zeroed embedding", "stage 2", "stages 1-3")
 
 
 @torch.no_grad()
-def evaluate(pipe: PCDMsPipeline, out, *, count: int = 200, seed: int = EVAL_SEED, size=(128, 128),
+def evaluate(pipe: PCDMsPipeline, out, *, count: int = 200, seed: int = EVAL_SEED, size=demo.SIZE,
              batch_size: int = 25, steps: Optional[dict] = None, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 

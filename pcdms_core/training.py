@@ -152,6 +152,7 @@ class TrainConfig:
     noise_offset: float = 0.1
     save_every: int = 250
     keep_checkpoints: int = 2
+    ema: float = 0.0  # > 0: keep an exponential moving average of the weights with this decay and export it
     mixed_precision: str = "no"
     log_every: int = 10
     export_to: Optional[str] = None  # also write the trained model here (e.g. into demo_models/) ...
@@ -381,13 +382,56 @@ def _embedding_stats(clip: ImageEncoder, cfg: TrainConfig) -> tuple[float, float
 
 # --- the loop ---------------------------------------------------------------------------------------------------------
 
+class _Ema:
+    """An exponential moving average of the trained weights (``decay``, warmed up as diffusers' EMAModel does:
+    ``min(decay, (1 + n) / (10 + n))`` after n updates). Saved beside each checkpoint, restored on resume; a run
+    resumed from a checkpoint without one starts its average there."""
+
+    FILE = "ema.safetensors"
+
+    def __init__(self, params: list, decay: float, resume_from: Optional[Path] = None):
+        from safetensors.torch import load_file
+
+        self.decay = decay
+        self.shadow = [p.detach().float().clone() for p in params]
+        self.updates = 0
+        if resume_from is not None and (resume_from / self.FILE).exists():
+            saved = load_file(str(resume_from / self.FILE))
+            if len(saved) == len(self.shadow) + 1:
+                self.shadow = [saved[str(i)].to(p.device) for i, p in enumerate(self.shadow)]
+                self.updates = int(saved["updates"])
+
+    @torch.no_grad()
+    def update(self, params: list) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for s, p in zip(self.shadow, params):
+            s.mul_(d).add_(p.detach().float(), alpha=1 - d)
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {str(i): s.contiguous() for i, s in enumerate(self.shadow)}
+        tensors["updates"] = torch.tensor(self.updates)
+        save_file(tensors, str(folder / self.FILE))
+
+    @torch.no_grad()
+    def copy_to(self, params: list) -> None:
+        for s, p in zip(self.shadow, params):
+            p.copy_(s.to(p.dtype))
+
+
 def _checkpoints(out: Path) -> list[Path]:
     return sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Run (or resume) a training run; returns the exported model's path."""
-    from accelerate import Accelerator
+    try:
+        from accelerate import Accelerator
+    except ImportError:
+        raise RuntimeError("training needs the accelerate package, which the nodes do not: "
+                           "pip install accelerate (or pip install -r requirements-dev.txt)") from None
     from tqdm.auto import tqdm
 
     out = Path(cfg.out)
@@ -403,6 +447,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if saved:
         acc.load_state(str(saved[-1]))
         start = int(saved[-1].name.split("_")[1])
+    ema = _Ema(params, cfg.ema, saved[-1] if saved else None) if cfg.ema > 0 else None
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     model.train()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.stage}",
@@ -423,6 +468,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         acc.clip_grad_norm_(params, cfg.hyper("grad_clip"))
         opt.step()
         opt.zero_grad()
+        if ema is not None:
+            ema.update(params)
         value = float(loss.detach())
         bar.set_postfix(loss=f"{value:.4f}")
         if acc.is_main_process and (step % cfg.log_every == 0 or step + 1 == cfg.steps):
@@ -431,6 +478,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             acc.wait_for_everyone()
             acc.save_state(str(out / "checkpoints" / f"step_{step + 1}"))
+            if ema is not None and acc.is_main_process:
+                ema.save(out / "checkpoints" / f"step_{step + 1}")
             for old in _checkpoints(out)[:-cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
     log.close()
@@ -438,6 +487,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     path = out / f"{cfg.stage if cfg.stage != 'inpaint' or cfg.variant == 'paper' else 'inpaint_noprior'}.safetensors"
     if acc.is_main_process:
         model.eval()
+        if ema is not None:
+            ema.copy_to(params)  # the last checkpoint keeps the raw weights; the exported model is the average
         stage.export(acc.unwrap_model(model), path)
         if cfg.export_to:
             dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.export_dtype]

@@ -48,10 +48,12 @@ class WeightFile(Mapping[str, torch.Tensor]):
     ``torch.load``.
     """
 
-    def __init__(self, path: Path, keys: list[str], getter, shapes: dict, dtypes: dict, metadata: dict, fmt: str):
+    def __init__(self, path: Path, keys: list[str], getter, shapes: dict, dtypes: dict, metadata: dict, fmt: str,
+                 releaser=None):
         self.path = path
         self._keys = keys
         self._get = getter
+        self._release = releaser
         self.shapes = shapes
         self.dtypes = dtypes
         self.metadata = metadata
@@ -64,6 +66,13 @@ class WeightFile(Mapping[str, torch.Tensor]):
         tensors = dict(tensors)
         return cls(path, list(tensors), tensors.__getitem__, {k: tuple(v.shape) for k, v in tensors.items()},
                    {k: v.dtype for k, v in tensors.items()}, dict(metadata or {}), fmt)
+
+    def release(self, key: str) -> None:
+        """Say that the tensor read for ``key`` was copied (cast to another dtype) and its stored bytes are no
+        longer needed: for a memory-mapped file their pages leave the process's memory now, so a model cast
+        while loading is never held twice."""
+        if self._release is not None:
+            self._release(key)
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self.shapes:
@@ -118,7 +127,7 @@ def _open_safetensors(path: Path) -> WeightFile:
         shapes[k] = tuple(sl.get_shape())
         dtypes[k] = _ST_DTYPES.get(sl.get_dtype(), sl.get_dtype())
     metadata = dict(handle.metadata() or {})
-    mapped = _map_safetensors(path)
+    mapped, release = _map_safetensors(path)
 
     def get(key: str) -> torch.Tensor:
         if mapped is not None:
@@ -131,7 +140,7 @@ def _open_safetensors(path: Path) -> WeightFile:
         except SafetensorError as exc:
             raise CheckpointError(f"cannot read tensor {key!r} of {path.name}: {exc}; the file may be damaged") from None
 
-    return WeightFile(path, keys, get, shapes, dtypes, metadata, "safetensors")
+    return WeightFile(path, keys, get, shapes, dtypes, metadata, "safetensors", release)
 
 
 def _map_safetensors(path: Path):
@@ -144,7 +153,7 @@ def _map_safetensors(path: Path):
         n = int.from_bytes(mm[:8], "little")
         header = json.loads(mm[8:8 + n])
     except (OSError, ValueError):
-        return None
+        return None, None
     base = 8 + n
 
     def get(key: str) -> torch.Tensor:
@@ -157,7 +166,18 @@ def _map_safetensors(path: Path):
             return torch.empty(shape, dtype=dtype)
         return torch.frombuffer(mm, dtype=dtype, count=count, offset=base + start).view(shape)
 
-    return get
+    def release(key: str) -> None:
+        # The mapping is private and never written, so dropped pages are simply read from the file again if a
+        # neighbouring tensor on a shared page is used later.
+        start, end = header[key]["data_offsets"]
+        first = (base + start) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > start and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                mm.madvise(mmap.MADV_DONTNEED, first, base + end - first)
+            except (OSError, ValueError):
+                pass
+
+    return get, release
 
 
 def _unwrap(obj, path: Path) -> dict:
@@ -337,6 +357,7 @@ def strict_load(
         t = weights[key]
         if dtype is not None and t.is_floating_point() and t.dtype != dtype:
             t = t.to(dtype)
+            weights.release(key)
         sd[key] = t
     module.load_state_dict(sd, strict=True, assign=True)
     module.eval().requires_grad_(False)

@@ -64,7 +64,7 @@ DEMO_MODELS_NOTE = (
     "demo_models/pcdms/  pcdms_demo_prior, pcdms_demo_inpaint, pcdms_demo_inpaint_noprior, pcdms_demo_refine\n"
     "demo_models/clip_vision/  pcdms_demo_clip, pcdms_demo_dinov2\n"
     "demo_models/vae/  pcdms_demo_vae (load it with PCDMs VAE Loader)\n"
-    "They are small and work at 128 x 128: expect a rough picture of the person in the new pose.\n"
+    "They are small and work at 64 x 64: expect a rough picture of the person in the new pose.\n"
     "For real photos use the official models: the same workflow without _demo_models names them."
 )
 OFFICIAL = Models(
@@ -83,7 +83,7 @@ DEMO = Models(
     suffix="_demo_models", prior="pcdms_demo_prior.safetensors", inpaint="pcdms_demo_inpaint.safetensors",
     refine="pcdms_demo_refine.safetensors", noprior="pcdms_demo_inpaint_noprior.safetensors",
     clip="pcdms_demo_clip.safetensors", dino="pcdms_demo_dinov2.safetensors", vae="pcdms_demo_vae.safetensors",
-    vae_node="PCDMsVAELoader", size=128, note=DEMO_MODELS_NOTE,
+    vae_node="PCDMsVAELoader", size=64, note=DEMO_MODELS_NOTE,
     noprior_note=DEMO_MODELS_NOTE + "\nStage 2 without a prior (like the released PCDMs_ckpt.pt), target pose as a "
                                     "skeleton image; DDIM, 50 steps, cfg 2.",
 )

@@ -15,13 +15,14 @@ py train vae --size 128 --out $RUNS/vae --steps 4000 --batch-size 16 --lr 8e-4 -
 py train prior --out $RUNS/prior --steps 1500 --batch-size 32 --lr 3e-4 --save-every 500 \
    --export $D/pcdms/pcdms_demo_prior.safetensors
 # stage 2: inpainting, paper variant (takes the prior's embedding) and demo variant (no prior)
-py train inpaint --out $RUNS/inpaint --steps 3000 --batch-size 16 --lr 5e-4 --save-every 500 \
+# (the shipped paper-variant file ran its first 1000 steps without --ema, which was added when it resumed)
+py train inpaint --out $RUNS/inpaint --steps 3000 --batch-size 16 --lr 5e-4 --save-every 500 --ema 0.999 \
    --export $D/pcdms/pcdms_demo_inpaint.safetensors
-py train inpaint --variant demo --out $RUNS/inpaint_noprior --steps 2000 --batch-size 16 --lr 5e-4 --save-every 500 \
+py train inpaint --variant demo --out $RUNS/inpaint_noprior --steps 2000 --batch-size 16 --lr 5e-4 --save-every 500 --ema 0.999 \
    --export $D/pcdms/pcdms_demo_inpaint_noprior.safetensors
 # stage 3: refining, on stage-2 outputs for training pairs
 py make-coarse --inpaint $RUNS/inpaint/inpaint.safetensors --out $RUNS/coarse.pt --count 1500 --steps 10
-py train refine --coarse $RUNS/coarse.pt --out $RUNS/refine --steps 2500 --batch-size 16 --lr 5e-4 --save-every 500 \
+py train refine --coarse $RUNS/coarse.pt --out $RUNS/refine --steps 2500 --batch-size 16 --lr 5e-4 --save-every 500 --ema 0.999 \
    --export $D/pcdms/pcdms_demo_refine.safetensors
 # the stage ablation on 200 held-out pairs (README, Demo models)
 py evaluate --out $RUNS/eval --pairs 200

@@ -71,6 +71,27 @@ def test_prior_training_loss_falls_and_resumes(tmp_path, frozen):
     assert sorted(p.name for p in (tmp_path / "prior" / "checkpoints").iterdir()) == ["step_40", "step_45"]
 
 
+def test_ema_is_exported_saved_and_resumed(tmp_path, frozen):
+    from safetensors.torch import load_file
+
+    cfg = TrainConfig(stage="prior", out=str(tmp_path / "p"), steps=6, batch_size=4, lr=1e-2, save_every=3,
+                      clip=frozen["clip"], ema=0.5)
+    path = train(cfg, progress=False)
+    ckpt = tmp_path / "p" / "checkpoints"
+    saved = load_file(str(ckpt / "step_6" / "ema.safetensors"))
+    assert int(saved["updates"]) == 6
+    raw = load_file(str(ckpt / "step_6" / "model.safetensors"))
+    exported = load_checkpoint(path, expect="prior").state_dict()
+    # the export is the average (decay min(0.5, (1+n)/(10+n)) = 0.5 here), not the last raw weights
+    name = "proj_in.weight"
+    index = [n for n, p in load_checkpoint(path, expect="prior").named_parameters()].index(name)
+    torch.testing.assert_close(exported[name], saved[str(index)])
+    assert not torch.allclose(exported[name], raw[name])
+    cfg.steps = 8
+    train(cfg, progress=False)
+    assert int(load_file(str(ckpt / "step_8" / "ema.safetensors"))["updates"]) == 8
+
+
 def test_inpaint_training_runs_and_exports(tmp_path, frozen):
     cfg = TrainConfig(stage="inpaint", out=str(tmp_path / "s2"), steps=2, batch_size=2, save_every=10, **frozen)
     path = train(cfg, progress=False)

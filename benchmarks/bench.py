@@ -1,0 +1,355 @@
+"""Speed and memory of every stage, at the official sizes (random weights, nothing downloaded) or tiny sizes.
+
+    python benchmarks/bench.py --size official --dtype fp32 --json results/cpu_fp32.json
+    python benchmarks/bench.py --size tiny
+    python benchmarks/bench.py --size official --device cuda --dtype fp16 --json results/gpu_fp16.json
+
+It prints a table and writes JSON. Measured, per stage:
+
+* checkpoint load, cold and fresh in a new process: from the official DeepSpeed ``.pt`` (fp16) and from our
+  ``.safetensors`` (fp16), into ``--dtype`` modules; with the peak memory of that process;
+* encoder time (CLIP ViT-H/14, DINOv2-giant on one 224 crop), VAE encode / decode at 512 x 1024 and 512 x 512;
+* one sampling step of each stage (the network at the CFG batch, plus the scheduler step) next to a *floor*:
+  a bare diffusers ``UNet2DConditionModel`` (or a bare stack of the prior's transformer blocks) at the same
+  shapes and dtype, so the overhead of our wrappers is visible;
+* end to end, the paper path (prior 20 steps, inpainting 20 steps with guidance 2, refining 20 steps with
+  guidance 2, as the reference figures), loading each stage when it is needed (``lazy=True``), with the peak
+  memory of the whole run and of each stage alone.
+
+Random weights are generated once into ``benchmarks/cache`` (about 9 GB for the official size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+CACHE = ROOT / "benchmarks" / "cache"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# The official figures (official classes, full size, random weights, fp32, 2 CPU threads; issue 5).
+REFERENCE = {
+    "stage2 UNet forward [2,9,64,128]": 12.1, "stage3 UNet forward [2,8,64,64]": 5.7, "prior forward": 2.0,
+    "DINOv2-giant": 2.0, "CLIP-H": 1.2, "VAE encode 512x1024": 8.9, "VAE decode 512x1024": 19.1,
+    "stage-2 load (.pt fp16 -> fp32)": 10.3, "paper path end to end": 443.0,
+}
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def timed(fn, repeat: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+# --- random models in the official layouts -----------------------------------------------------------------------
+
+def _random_fill(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random weights of a sensible scale (N(0, 1/fan_in) matrices, unit norms, small biases)."""
+    from pcdms_core.demo import seeded_init
+
+    return seeded_init(module, seed)
+
+
+def make_models(size: str) -> dict[str, Path]:
+    """The benchmark's model files (generated once): official layouts, fp16 like the released files."""
+    from pcdms_core import demo
+    from pcdms_core.checkpoints import SD21_BASE_UNET, convert_checkpoint, save_checkpoint
+    from pcdms_core.encoders import ImageEncoder, save_image_encoder
+    from pcdms_core.inpaint import InpaintModel
+    from pcdms_core.layers import ImageProjector, PoseEncoder
+    from pcdms_core.prior import PriorTransformer
+    from pcdms_core.refine import RefineModel
+    from pcdms_core.vae import SD21_BASE_VAE, save_vae
+    from pcdms_core.vit import ClipVision, Dinov2
+    from pcdms_core import _compat
+
+    folder = CACHE / size
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {k: folder / n for k, n in [("prior", "s1.pt"), ("inpaint", "s2_paper.pt"), ("refine", "s3.pt"),
+                                         ("clip", "clip.safetensors"), ("dino", "dino.safetensors"), ("vae", "vae.safetensors")]}
+    if all(f.with_suffix(".safetensors").exists() for f in files.values()) and (
+            size == "tiny" or all(f.exists() for f in files.values())):
+        return files
+
+    def deepspeed(model, path):
+        if size == "tiny":  # non-official sizes need their config: our .safetensors carries it, a .pt does not
+            save_checkpoint(model, path.with_suffix(".safetensors"), dtype=torch.float16)
+            return
+        sd = {k: v.half() for k, v in model.state_dict().items()}
+        torch.save({"module": sd, "buffer_names": [], "optimizer": None, "ds_version": "0.10.0"}, path)
+        convert_checkpoint(path)
+
+    def unet(in_channels, projection):
+        cfg = dict(SD21_BASE_UNET, in_channels=in_channels)
+        if projection:
+            cfg.update(class_embed_type="projection", projection_class_embeddings_input_dim=1024)
+        if size == "tiny":
+            cfg = dict(demo.unet_config("inpaint" if in_channels == 9 else "refine", "paper" if projection else "demo"),
+                       in_channels=in_channels)
+        return _compat.UNet2DConditionModel(**_compat.accepted_kwargs(_compat.UNet2DConditionModel, cfg))
+
+    if size == "official":
+        prior = PriorTransformer()
+        inpaint = InpaintModel(unet(9, True), PoseEncoder(), ImageProjector(), "paper")
+        refine = RefineModel(unet(8, False), ImageProjector())
+        clip, dino = ImageEncoder(ClipVision(), "clip"), ImageEncoder(Dinov2(), "dinov2")
+        vae = _compat.AutoencoderKL(**_compat.accepted_kwargs(_compat.AutoencoderKL, SD21_BASE_VAE))
+    else:
+        prior, inpaint, refine = demo.build_prior(), demo.build_inpaint("paper"), demo.build_refine()
+        clip, dino, vae = demo.build_clip(), demo.build_dino(), demo.build_vae()
+    for i, (name, model) in enumerate([("prior", prior), ("inpaint", inpaint), ("refine", refine)]):
+        deepspeed(_random_fill(model, i), files[name])
+        del model
+        gc.collect()
+    save_image_encoder(_random_fill(clip, 10), files["clip"], torch.float16)
+    save_image_encoder(_random_fill(dino, 11), files["dino"], torch.float16)
+    save_vae(vae, files["vae"], torch.float16)
+    return files
+
+
+# --- measurements ------------------------------------------------------------------------------------------------
+
+def _subprocess(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter (cold imports, its own peak RSS); it prints one JSON line."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=7200)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_load(files: dict, dtype: str, threads: int) -> dict:
+    rows = {}
+    for stage in ("prior", "inpaint", "refine"):
+        for fmt in (".pt", ".safetensors"):
+            path = files[stage].with_suffix(fmt)
+            if not path.exists():
+                continue
+            code = f"""
+import json, time, torch, resource
+torch.set_num_threads({threads})
+from pcdms_core.checkpoints import load_checkpoint
+t = time.perf_counter()
+m = load_checkpoint({str(path)!r}, dtype=torch.{DTYPES[dtype]})
+dt = time.perf_counter() - t
+print(json.dumps({{"seconds": dt, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}}))
+"""
+            rows[f"load {stage} {fmt}"] = _subprocess(code)
+    return rows
+
+
+def _step_seconds(run) -> float:
+    """The median time between consecutive steps of a real sampling run (network, guidance, scheduler)."""
+    stamps: list[float] = []
+
+    def cb(info):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+
+    run(cb)
+    gaps = sorted(b - a for a, b in zip(stamps, stamps[1:]))
+    return gaps[len(gaps) // 2]
+
+
+def bench_components(files: dict, dtype: str, device: str, size: str, steps: int = 4) -> dict:
+    from pcdms_core import _compat
+    from pcdms_core import vae as vae_ops
+    from pcdms_core.checkpoints import load_checkpoint
+    from pcdms_core.encoders import load_image_encoder
+    from pcdms_core.inpaint import sample_inpaint
+    from pcdms_core.prior import sample_prior
+    from pcdms_core.refine import sample_refine
+
+    dt = DTYPES[dtype]
+    s = 512 if size == "official" else 64
+    rows: dict[str, dict] = {}
+    gen = torch.Generator().manual_seed(0)
+    src = torch.randint(0, 256, (1, 3, s, s), dtype=torch.uint8, generator=gen)
+    pose = torch.randint(0, 256, (1, 3, s, s), dtype=torch.uint8, generator=gen)
+    with torch.no_grad():
+        for kind in ("clip", "dino"):
+            enc = load_image_encoder(files[kind], dtype=dt, device=device)
+            x = torch.randn(1, 3, 224, 224, generator=gen).to(device=device, dtype=dt)
+            rows[f"encoder {kind} (one 224 crop)"] = {"seconds": timed(lambda: enc(x))}
+            if kind == "dino":
+                tokens = enc(x)
+            else:
+                embedding = enc(x)
+            del enc
+            gc.collect()
+        vae = vae_ops.load_vae(files["vae"], dtype=dt, device=device)
+        f = vae_ops.downscale_factor(vae)
+        for w in (2 * s, s):
+            img = (torch.rand(1, 3, s, w, generator=gen) * 2 - 1).to(device=device, dtype=dt)
+            rows[f"VAE encode {s}x{w}"] = {"seconds": timed(lambda: vae_ops.encode(vae, img, None), repeat=2)}
+            z = torch.randn(1, 4, s // f, w // f, generator=gen).to(device=device, dtype=dt)
+            rows[f"VAE decode {s}x{w}"] = {"seconds": timed(lambda: vae_ops.decode(vae, z), repeat=2)}
+
+        # Each stage: the time per step inside a real sampling run, next to a bare diffusers network of the same
+        # config, dtype and shapes (random weights) called the same way at the CFG batch.
+        def bare_unet(model):
+            cfg = dict(model.unet.config)
+            net = _compat.UNet2DConditionModel(**_compat.accepted_kwargs(_compat.UNet2DConditionModel, cfg))
+            return net.to(device=device, dtype=dt).eval()
+
+        lat = s // f
+        t = torch.tensor([500, 500], device=device)
+        model = load_checkpoint(files["inpaint"].with_suffix(".safetensors"), dtype=dt, device=device)
+        rows["stage 2 step (ours, CFG 2)"] = {"seconds": _step_seconds(lambda cb: sample_inpaint(
+            model, vae, src, pose, pose, tokens, embedding, size=(s, s), steps=steps, guidance_scale=2.0,
+            generator=0, callback=cb))}
+        bare = bare_unet(model)
+        ctx = torch.randn(2, tokens.shape[1] + 1, bare.config.cross_attention_dim, generator=gen).to(device=device, dtype=dt)
+        x = torch.randn(2, 9, lat, 2 * lat, generator=gen).to(device=device, dtype=dt)
+        labels = ctx[:, -1] if bare.config.class_embed_type == "projection" else None
+        rows[f"stage 2 bare diffusers UNet forward {list(x.shape)}"] = {
+            "seconds": timed(lambda: bare(x, t, encoder_hidden_states=ctx, class_labels=labels).sample, repeat=2)}
+        if device == "cpu" or dtype != "fp32":  # does channels_last win here?
+            bare = bare.to(memory_format=torch.channels_last)
+            xc = x.contiguous(memory_format=torch.channels_last)
+            rows[f"stage 2 bare diffusers UNet forward, channels_last"] = {
+                "seconds": timed(lambda: bare(xc, t, encoder_hidden_states=ctx, class_labels=labels).sample, repeat=2)}
+        del model, bare
+        gc.collect()
+
+        model = load_checkpoint(files["refine"].with_suffix(".safetensors"), dtype=dt, device=device)
+        rows["stage 3 step (ours, CFG 2)"] = {"seconds": _step_seconds(lambda cb: sample_refine(
+            model, vae, src, tokens, size=(s, s), steps=steps, guidance_scale=2.0, generator=0, callback=cb))}
+        bare = bare_unet(model)
+        x3 = torch.randn(2, 8, lat, lat, generator=gen).to(device=device, dtype=dt)
+        ctx3 = ctx[:, : tokens.shape[1]]
+        rows[f"stage 3 bare diffusers UNet forward {list(x3.shape)}"] = {
+            "seconds": timed(lambda: bare(x3, t, encoder_hidden_states=ctx3).sample, repeat=2)}
+        del model, bare, vae
+        gc.collect()
+
+        prior = load_checkpoint(files["prior"].with_suffix(".safetensors"), dtype=dt, device=device)
+        poses = torch.rand(1, 36, generator=gen)
+        rows["prior step (ours)"] = {"seconds": _step_seconds(lambda cb: sample_prior(
+            prior, embedding.float(), poses, poses, steps=max(steps, 6), generator=0, callback=cb))}
+        blocks = torch.nn.Sequential(*prior.transformer_blocks, prior.norm_out)
+        h = torch.randn(1, 6, prior.config.inner_dim, generator=gen).to(device=device, dtype=dt)
+        rows["prior bare transformer blocks forward [1,6]"] = {"seconds": timed(lambda: blocks(h))}
+        del prior, blocks
+    return rows
+
+
+def bench_end_to_end(files: dict, dtype: str, device: str, size: str, threads: int, stage_alone: bool = True) -> dict:
+    s = 512 if size == "official" else 64
+    base = f"""
+import json, time, torch, resource
+torch.set_num_threads({threads})
+from pcdms_core.pipeline import PCDMsPipeline, StageSettings
+from pcdms_core.pose import load_pose
+from PIL import Image
+files = {{k: v for k, v in {json.dumps({k: str(v.with_suffix('.safetensors') if k in ('prior', 'inpaint', 'refine') else v) for k, v in files.items()})}.items()}}
+pipe = PCDMsPipeline.from_files(**files, dtype=torch.{DTYPES[dtype]}, device={device!r}, lazy=True)
+src = Image.open({str(ROOT / 'assets' / 'pcdms_example_source.png')!r})
+sp = load_pose({str(ROOT / 'assets' / 'pcdms_example_source_pose.json')!r})
+tp = load_pose({str(ROOT / 'assets' / 'pcdms_example_target_pose.json')!r})
+"""
+    full = base + f"""
+t = time.perf_counter()
+times = {{}}
+last = [time.perf_counter(), None]
+def cb(stage, info):
+    pass
+res = pipe(src, sp, tp, size=({s}, {s}), prior_size=({s}, {s}), seed=42,
+           inpaint_settings=StageSettings(steps=20, guidance_scale=2.0),
+           refine_settings=StageSettings(steps=20, guidance_scale=2.0))
+print(json.dumps({{"seconds": time.perf_counter() - t, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}}))
+"""
+    rows = {"paper path end to end (lazy loading)": _subprocess(full)}
+    if stage_alone:
+        # each stage's working set alone: its models (loaded as the pipeline loads them) and a short run (the peak
+        # is reached in the first step; the time of these rows is not a per-image figure)
+        for stage in ("dino+clip", "prior", "inpaint", "refine"):
+            code = base + f"""
+import gc
+from pcdms_core import images as im
+from pcdms_core.pose import pose_vector, render_pose
+from pcdms_core.prior import sample_prior
+from pcdms_core.inpaint import sample_inpaint
+from pcdms_core.refine import sample_refine
+size = ({s}, {s})
+srcu = im.as_uint8_batch(src)
+stage = {stage!r}
+STEPS = 2
+t = time.perf_counter()
+with torch.no_grad():
+    if stage == "dino+clip":
+        d = pipe.dino.load(); d.encode(srcu, size); del d; gc.collect()
+        c = pipe.clip.load(); c.encode(srcu, size)
+    elif stage == "prior":
+        p = pipe.prior.load(); e = p.config.embedding_dim
+        sample_prior(p, torch.randn(1, e), pose_vector(sp), pose_vector(tp), steps=STEPS, generator=0)
+    elif stage == "inpaint":
+        m, v = pipe.inpaint.load(), pipe.vae.load()
+        tok = torch.randn(1, 257, m.image_proj.config.in_dim)
+        sample_inpaint(m, v, srcu, render_pose(sp, size), render_pose(tp, size), tok, torch.randn(1, m.image_proj.config.out_dim),
+                       size=size, steps=STEPS, guidance_scale=2.0, generator=0)
+    else:
+        m, v = pipe.refine.load(), pipe.vae.load()
+        tok = torch.randn(1, 257, m.image_proj.config.in_dim)
+        sample_refine(m, v, srcu, tok, size=size, steps=STEPS, guidance_scale=2.0, generator=0)
+print(json.dumps({{"seconds": time.perf_counter() - t, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}}))
+"""
+            rows[f"stage alone: {stage}"] = _subprocess(code)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", choices=["official", "tiny"], default="tiny")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", nargs="*", choices=["load", "components", "e2e"], default=["load", "components", "e2e"])
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    files = make_models(args.size)
+    results: dict[str, dict] = {}
+    if "load" in args.only:
+        results.update(bench_load(files, args.dtype, args.threads))
+    if "components" in args.only:
+        results.update(bench_components(files, args.dtype, args.device, args.size))
+    if "e2e" in args.only:
+        results.update(bench_end_to_end(files, args.dtype, args.device, args.size, args.threads))
+    print(f"\n{args.size} size, {args.dtype}, {args.device}, {args.threads} threads")
+    print(f"{'measurement':58s} {'seconds':>10s} {'peak GiB':>9s}")
+    for name, row in results.items():
+        peak = f"{row['peak_gib']:.2f}" if "peak_gib" in row else ""
+        print(f"{name:58s} {row['seconds']:10.3f} {peak:>9s}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "reference": REFERENCE}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
