@@ -103,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     mc.add_argument("--out", required=True)
     mc.add_argument("--count", type=int, default=2000)
     mc.add_argument("--steps", type=int, default=10)
+    mc.add_argument("--scheduler", help="stage 2's sampler (default: the official one for the model's variant)")
+    mc.add_argument("--guidance", type=float, help="stage 2's guidance (default: the official 2)")
     mc.add_argument("--seed", type=int, default=0)
     mc.add_argument("--batch-size", type=int, default=32)
 
@@ -114,7 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="folder for results.json, results.md and grid.png")
     ev.add_argument("--pairs", type=int, default=200)
     ev.add_argument("--batch-size", type=int, default=25)
-    ev.add_argument("--steps", type=int, default=20, help="sampling steps of each stage")
+    ev.add_argument("--steps", type=int, help="sampling steps of stages 2 and 3 (default: the demo models' settings)")
+    for stage in ("inpaint", "refine"):
+        ev.add_argument(f"--{stage}-scheduler", help="default: the demo models' settings (pcdms_core.demo.SAMPLING)")
+        ev.add_argument(f"--{stage}-guidance", type=float)
     for name in ("prior", "inpaint", "refine", "clip", "dino", "vae"):
         ev.add_argument(f"--{name}", help=f"{name} model (default: the demo model)")
 
@@ -166,6 +171,10 @@ def _generate(args) -> int:
             if getattr(args, name) is None:
                 setattr(args, name, str(demo.demo_file(name)))
         args.size = args.size or demo.SIZE
+        for stage, settings in demo.SAMPLING.items():  # what the demo models are sampled with, unless given
+            for key, arg in (("steps", "steps"), ("guidance_scale", "guidance"), ("scheduler", "scheduler")):
+                if getattr(args, f"{stage}_{arg}") is None:
+                    setattr(args, f"{stage}_{arg}", settings[key])
     elif args.dino is None or args.vae is None:
         raise PCDMsError("with --inpaint, also give --dino and --vae (and --prior and --clip for the paper model)")
     args.size = args.size or (512, 512)
@@ -244,7 +253,7 @@ def _make_coarse(args) -> int:
     from .training import make_coarse
 
     print(make_coarse(args.inpaint, args.out, count=args.count, seed=args.seed, steps=args.steps,
-                      batch_size=args.batch_size))
+                      batch_size=args.batch_size, scheduler=args.scheduler, guidance_scale=args.guidance))
     return 0
 
 
@@ -263,8 +272,13 @@ def _evaluate(args) -> int:
 
     files = {n: getattr(args, n) or str(demo.demo_file(n)) for n in ("prior", "inpaint", "refine", "clip", "dino", "vae")}
     pipe = PCDMsPipeline.from_files(**files)
-    steps = {"prior": args.steps, "inpaint": args.steps, "refine": args.steps}
-    result = evaluate(pipe, args.out, count=args.pairs, batch_size=args.batch_size, steps=steps, size=demo.SIZE)
+    settings = {k: dict(v) for k, v in demo.SAMPLING.items()}
+    for stage, v in settings.items():
+        v["steps"] = args.steps or v["steps"]
+        v["scheduler"] = getattr(args, f"{stage}_scheduler") or v["scheduler"]
+        g = getattr(args, f"{stage}_guidance")
+        v["guidance_scale"] = v["guidance_scale"] if g is None else g
+    result = evaluate(pipe, args.out, count=args.pairs, batch_size=args.batch_size, settings=settings, size=demo.SIZE)
     print(format_table(result))
     return 0
 

@@ -42,6 +42,14 @@ FILES = {
     "vae": "vae/pcdms_demo_vae.safetensors",
 }
 SIZE = (64, 64)  # the demo models' working size per half
+# How the demo models are sampled (the CLI, the evaluation and the demo workflows use it). Models this small leave
+# some noise in the latents that a deterministic sampler (the official UniPC / DDIM) keeps as speckle; an
+# ancestral sampler, which re-injects and removes noise on the way, cleans it up. The official models use the
+# official settings.
+SAMPLING = {
+    "inpaint": dict(scheduler="euler_ancestral", steps=30, guidance_scale=1.5),
+    "refine": dict(scheduler="euler_ancestral", steps=30, guidance_scale=1.0),
+}
 EMBED_DIM = 128
 TOKEN_DIM = 64
 

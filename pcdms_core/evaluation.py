@@ -36,10 +36,16 @@ METHODS = ("source copy", "stage 2, zeroed embedding", "stage 2", "stages 1-3")
 
 @torch.no_grad()
 def evaluate(pipe: PCDMsPipeline, out, *, count: int = 200, seed: int = EVAL_SEED, size=demo.SIZE,
-             batch_size: int = 25, steps: Optional[dict] = None, progress: bool = True) -> dict:
+             batch_size: int = 25, settings: Optional[dict] = None, steps: Optional[dict] = None,
+             progress: bool = True) -> dict:
+    """``settings``: per stage ("inpaint", "refine"), the sampler's ``scheduler``, ``steps`` and
+    ``guidance_scale`` (default: ``demo.SAMPLING``); ``steps`` overrides the step counts (the prior's is 20)."""
     from tqdm.auto import tqdm
 
-    steps = {"prior": 20, "inpaint": 20, "refine": 20, **(steps or {})}
+    settings = {k: dict(v) for k, v in (settings or demo.SAMPLING).items()}
+    steps = {"prior": 20, **{k: v["steps"] for k, v in settings.items()}, **(steps or {})}
+    for stage in settings:
+        settings[stage]["steps"] = steps[stage]
     data = SyntheticData(seed, tuple(size))
     lp = metrics.lpips_model()
     scores: dict[str, dict[str, list]] = {m: {"ssim": [], "colour_error": [], "lpips": []} for m in METHODS}
@@ -49,13 +55,13 @@ def evaluate(pipe: PCDMsPipeline, out, *, count: int = 200, seed: int = EVAL_SEE
         feats = encode_source(b.source, pipe.dino, pipe.clip, size=size, prior_size=size)
         emb = sample_prior(pipe.prior, feats.clip_embedding, b.source_pose, b.target_pose, steps=steps["prior"],
                            generator=seed + first)
-        common = dict(size=size, steps=steps["inpaint"], generator=seed + first + 1)
+        common = dict(size=size, generator=seed + first + 1, **settings["inpaint"])
         coarse = sample_inpaint(pipe.inpaint, pipe.vae, b.source, b.source_skeleton, b.target_skeleton, feats.tokens,
                                 emb, **common).target
         zeroed = sample_inpaint(pipe.inpaint, pipe.vae, b.source, b.source_skeleton, b.target_skeleton, feats.tokens,
                                 torch.zeros_like(emb), **common).target
         refined = sample_refine(pipe.refine, pipe.vae, im.to_uint8(coarse), feats.tokens, size=size,
-                                steps=steps["refine"], generator=seed + first + 2).images
+                                generator=seed + first + 2, **settings["refine"]).images
         outputs = {"source copy": b.source, "stage 2, zeroed embedding": im.to_uint8(zeroed),
                    "stage 2": im.to_uint8(coarse), "stages 1-3": im.to_uint8(refined)}
         for name, pred in outputs.items():
@@ -68,7 +74,7 @@ def evaluate(pipe: PCDMsPipeline, out, *, count: int = 200, seed: int = EVAL_SEE
                 grid_rows.append(torch.cat([b.source[i], b.target_skeleton[i], outputs["stage 2"][i],
                                             outputs["stages 1-3"][i], b.target[i]], dim=2))
     result = {
-        "pairs": count, "seed": seed, "size": list(size), "steps": steps,
+        "pairs": count, "seed": seed, "size": list(size), "steps": steps, "settings": settings,
         "metrics": {m: {k: (sum(v) / len(v) if v else None) for k, v in s.items()} for m, s in scores.items()},
         "lpips": "computed" if lp is not None else "not available (the lpips package or its weights are not installed)",
     }
@@ -83,7 +89,9 @@ def evaluate(pipe: PCDMsPipeline, out, *, count: int = 200, seed: int = EVAL_SEE
 def format_table(result: dict) -> str:
     lines = [
         f"{result['pairs']} held-out synthetic pairs (seed {result['seed']}), {result['size'][0]}x{result['size'][1]}; "
-        f"steps prior {result['steps']['prior']}, inpaint {result['steps']['inpaint']}, refine {result['steps']['refine']}",
+        f"prior {result['steps']['prior']} steps; " + "; ".join(
+            f"{stage} {v['scheduler']}, {v['steps']} steps, guidance {v['guidance_scale']:g}"
+            for stage, v in result.get("settings", {}).items()),
         "",
         "| method | SSIM (higher is better) | colour error in the target person, 0-255 (lower is better) | LPIPS |",
         "|---|---|---|---|",

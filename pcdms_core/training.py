@@ -505,7 +505,8 @@ def losses(out) -> list[dict]:
 
 @torch.no_grad()
 def make_coarse(inpaint_path, out, *, count: int, seed: int = 0, steps: int = 10, batch_size: int = 32,
-                size: tuple[int, int] = demo.SIZE, vae=None, clip=None, dino=None, progress: bool = True) -> Path:
+                size: tuple[int, int] = demo.SIZE, vae=None, clip=None, dino=None, scheduler: Optional[str] = None,
+                guidance_scale: Optional[float] = None, progress: bool = True) -> Path:
     """Stage-2 outputs for training pairs 0..count-1 (with the real target embedding, as the official batch test
     on the training list), saved as uint8 for refining's training."""
     from tqdm.auto import tqdm
@@ -521,11 +522,12 @@ def make_coarse(inpaint_path, out, *, count: int, seed: int = 0, steps: int = 10
         tokens = dino_model.encode(b.source, size)
         emb = clip_model.encode(b.target, size) if clip_model is not None else None
         res = sample_inpaint(model, vae_model, b.source, b.source_skeleton, b.target_skeleton, tokens, emb, size=size,
-                             steps=steps, generator=seed * 100_003 + first)
+                             steps=steps, generator=seed * 100_003 + first, scheduler=scheduler,
+                             **({} if guidance_scale is None else {"guidance_scale": guidance_scale}))
         chunks.append(im.to_uint8(res.target))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"images": torch.cat(chunks), "seed": seed, "steps": steps}, out)
+    torch.save({"images": torch.cat(chunks), "seed": seed, "steps": steps, "scheduler": scheduler or "default"}, out)
     return out
 
 

@@ -25,6 +25,8 @@ from workflow_tools import (  # noqa: E402
 
 from dataclasses import dataclass  # noqa: E402
 
+from pcdms_core import demo as demo_models  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Models:
@@ -42,6 +44,9 @@ class Models:
     size: int
     note: str
     noprior_note: str
+    inpaint_sampler: dict  # the PCDMsInpaint / PCDMsRefine widgets: steps, cfg, scheduler
+    refine_sampler: dict
+    noprior_sampler: dict
 
 
 OFFICIAL_NOTE = (
@@ -65,6 +70,7 @@ DEMO_MODELS_NOTE = (
     "demo_models/clip_vision/  pcdms_demo_clip, pcdms_demo_dinov2\n"
     "demo_models/vae/  pcdms_demo_vae (load it with PCDMs VAE Loader)\n"
     "They are small and work at 64 x 64: expect a rough picture of the person in the new pose.\n"
+    "Sampler settings suited to them (an ancestral sampler) are preset; the official models use the official ones.\n"
     "For real photos use the official models: the same workflow without _demo_models names them."
 )
 OFFICIAL = Models(
@@ -78,14 +84,22 @@ OFFICIAL = Models(
         "models/vae/sd21-base-vae.safetensors  (stabilityai/stable-diffusion-2-1-base vae)\n\n"
         "The target pose is a skeleton image here (like the official demo's pose PNGs); keypoints work too.\n"
         "Official settings: DDIM (scheduler auto), 50 steps, cfg 2."),
+    inpaint_sampler=dict(steps=20, cfg=2.0, scheduler="auto"), refine_sampler=dict(steps=20, cfg=1.0, scheduler="unipc"),
+    noprior_sampler=dict(steps=50, cfg=2.0, scheduler="auto"),
 )
+def _widgets(settings: dict) -> dict:
+    return dict(steps=settings["steps"], cfg=float(settings["guidance_scale"]), scheduler=settings["scheduler"])
+
+
 DEMO = Models(
     suffix="_demo_models", prior="pcdms_demo_prior.safetensors", inpaint="pcdms_demo_inpaint.safetensors",
     refine="pcdms_demo_refine.safetensors", noprior="pcdms_demo_inpaint_noprior.safetensors",
     clip="pcdms_demo_clip.safetensors", dino="pcdms_demo_dinov2.safetensors", vae="pcdms_demo_vae.safetensors",
     vae_node="PCDMsVAELoader", size=64, note=DEMO_MODELS_NOTE,
     noprior_note=DEMO_MODELS_NOTE + "\nStage 2 without a prior (like the released PCDMs_ckpt.pt), target pose as a "
-                                    "skeleton image; DDIM, 50 steps, cfg 2.",
+                                    "skeleton image.",
+    inpaint_sampler=_widgets(demo_models.SAMPLING["inpaint"]), refine_sampler=_widgets(demo_models.SAMPLING["refine"]),
+    noprior_sampler=_widgets(demo_models.SAMPLING["inpaint"]),
 )
 INPUTS = {
     "source": "pcdms_example_source.png",
@@ -196,7 +210,7 @@ def _three_stages(g: Graph, src_img, src_pose, tgt_pose, between=None, seed=42):
     g.link(enc, "source", prior, "source")
     g.link(*src_pose, prior, "source_pose")
     g.link(*tgt_pose, prior, "target_pose")
-    inpaint = g.node("PCDMsInpaint", 3, 0, seed=seed, steps=20, cfg=2.0, scheduler="auto", batch_size=1)
+    inpaint = g.node("PCDMsInpaint", 3, 0, seed=seed, batch_size=1, **g.models.inpaint_sampler)
     g.link(m["inpaint"], "model", inpaint, "model")
     g.link(m["vae"], m["vae_out"], inpaint, "vae")
     g.link(enc, "source", inpaint, "source")
@@ -205,7 +219,7 @@ def _three_stages(g: Graph, src_img, src_pose, tgt_pose, between=None, seed=42):
     g.link(*tgt_pose, inpaint, "target_pose")
     coarse_preview = g.node("PreviewImage", 4, 0, title="Stage 2: coarse target")
     g.link(inpaint, "image", coarse_preview, "images")
-    refine = g.node("PCDMsRefine", 4, 2, seed=seed, steps=20, cfg=1.0, cfg_rescale=-1.0, scheduler="unipc")
+    refine = g.node("PCDMsRefine", 4, 2, seed=seed, cfg_rescale=-1.0, **g.models.refine_sampler)
     g.link(m["refine"], "model", refine, "model")
     g.link(m["vae"], m["vae_out"], refine, "vae")
     g.link(enc, "source", refine, "source")
@@ -238,7 +252,7 @@ def demo(g: Graph) -> dict:
     enc = g.node("PCDMsEncodeSource", 2, 0, width=g.models.size, height=g.models.size)
     g.link(src, "IMAGE", enc, "image")
     g.link(m["dino"], "dino", enc, "dino")
-    inpaint = g.node("PCDMsInpaint", 3, 0, seed=42, steps=50, cfg=2.0, scheduler="auto", batch_size=1)
+    inpaint = g.node("PCDMsInpaint", 3, 0, seed=42, batch_size=1, **g.models.noprior_sampler)
     g.link(m["inpaint"], "model", inpaint, "model")
     g.link(m["vae"], m["vae_out"], inpaint, "vae")
     g.link(enc, "source", inpaint, "source")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Reproduce the demo models in demo_models/ from scratch on a CPU (about 3 hours on 2 cores, the VAE 50 minutes).
-# Every run resumes from its newest checkpoint if interrupted. Run from the repository root.
+# Reproduce the demo models in demo_models/ from scratch on a CPU (about 3 hours on 2 cores; README, Demo models,
+# lists the time of each step). Every run resumes from its newest checkpoint if interrupted. Run from the
+# repository root; needs accelerate (requirements-dev.txt).
 set -euo pipefail
 RUNS=${RUNS:-runs}
 D=demo_models
@@ -14,15 +15,22 @@ py train vae --size 128 --out $RUNS/vae --steps 4000 --batch-size 16 --lr 8e-4 -
 # stage 1: the prior
 py train prior --out $RUNS/prior --steps 1500 --batch-size 32 --lr 3e-4 --save-every 500 \
    --export $D/pcdms/pcdms_demo_prior.safetensors
-# stage 2: inpainting, paper variant (takes the prior's embedding) and demo variant (no prior)
-# (the shipped paper-variant file ran its first 1000 steps without --ema, which was added when it resumed)
-py train inpaint --out $RUNS/inpaint --steps 3000 --batch-size 16 --lr 5e-4 --save-every 500 --ema 0.999 \
-   --export $D/pcdms/pcdms_demo_inpaint.safetensors
-py train inpaint --variant demo --out $RUNS/inpaint_noprior --steps 2000 --batch-size 16 --lr 5e-4 --save-every 500 --ema 0.999 \
-   --export $D/pcdms/pcdms_demo_inpaint_noprior.safetensors
+# stage 2, demo variant (no prior)
+py train inpaint --variant demo --out $RUNS/inpaint_noprior --steps 2000 --batch-size 16 --lr 5e-4 --save-every 500 \
+   --ema 0.999 --export $D/pcdms/pcdms_demo_inpaint_noprior.safetensors
+# stage 2, paper variant (takes the prior's embedding), in two legs: stage 3 first learned on the outputs of the
+# 3000-step model, then was fine-tuned on those of the final one. (The shipped file ran its first 1000 steps
+# without --ema, which was added when it resumed; runs resume exactly otherwise.)
+py train inpaint --out $RUNS/inpaint --steps 3000 --batch-size 16 --lr 5e-4 --save-every 500 --ema 0.999
 # stage 3: refining, on stage-2 outputs for training pairs
-py make-coarse --inpaint $RUNS/inpaint/inpaint.safetensors --out $RUNS/coarse.pt --count 1500 --steps 10
-py train refine --coarse $RUNS/coarse.pt --out $RUNS/refine --steps 2500 --batch-size 16 --lr 5e-4 --save-every 500 --ema 0.999 \
-   --export $D/pcdms/pcdms_demo_refine.safetensors
+py make-coarse --inpaint $RUNS/inpaint/inpaint.safetensors --out $RUNS/coarse_3000.pt --count 1500 --steps 10
+py train refine --coarse $RUNS/coarse_3000.pt --out $RUNS/refine --steps 2500 --batch-size 16 --lr 5e-4 \
+   --save-every 500 --ema 0.999
+py train inpaint --out $RUNS/inpaint --steps 5000 --batch-size 16 --lr 5e-4 --save-every 500 --ema 0.999 \
+   --export $D/pcdms/pcdms_demo_inpaint.safetensors
+py make-coarse --inpaint $D/pcdms/pcdms_demo_inpaint.safetensors --out $RUNS/coarse.pt --count 1200 --steps 30 \
+   --scheduler euler_ancestral --guidance 1.5
+py train refine --coarse $RUNS/coarse.pt --out $RUNS/refine --steps 4000 --batch-size 16 --lr 5e-4 --save-every 500 \
+   --ema 0.999 --export $D/pcdms/pcdms_demo_refine.safetensors
 # the stage ablation on 200 held-out pairs (README, Demo models)
 py evaluate --out $RUNS/eval --pairs 200

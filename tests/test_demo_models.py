@@ -1,0 +1,72 @@
+"""The bundled demo models: present, small, the default of the CLI, and they really move a person into a
+new pose (checked on the README's example, whose ground truth the synthetic set gives us)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from pcdms_core import demo, metrics
+from pcdms_core import images as im
+from pcdms_core.checkpoints import inspect_checkpoint
+from pcdms_core.pose import load_pose
+from pcdms_core.synthetic import SyntheticPairs
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "assets"
+
+
+def test_demo_models_are_complete_and_small():
+    assert demo.has_demo_models(), [k for k in demo.FILES if not demo.demo_file(k).exists()]
+    total = sum(demo.demo_file(k).stat().st_size for k in demo.FILES)
+    assert total <= 30 * 2**20, f"{total / 2**20:.1f} MiB"
+    assert inspect_checkpoint(demo.demo_file("inpaint")).variant == "paper"
+    assert inspect_checkpoint(demo.demo_file("inpaint_demo")).variant == "demo"
+    assert inspect_checkpoint(demo.demo_file("refine")).stage == "refine"
+    assert inspect_checkpoint(demo.demo_file("prior")).stage == "prior"
+
+
+def test_example_assets_are_the_synthetic_pair():
+    """assets/ is scripts/make_assets.py's output: the held-out pair the README's command uses."""
+    import scripts.make_assets as make_assets  # noqa: F401  (importable; writes nothing on import)
+
+    pair = SyntheticPairs(seed=make_assets.SEED)[make_assets.PAIR]
+    assert torch.equal(im.as_uint8_batch(Image.open(ASSETS / "pcdms_example_source.png"))[0], pair.source)
+    pose = load_pose(ASSETS / "pcdms_example_target_pose.json")
+    assert abs(pose.xy - pair.target_pose.xy).max() < 1e-6
+
+
+def test_readme_main_command_moves_the_person(tmp_path):
+    out = tmp_path / "result.png"
+    cmd = [sys.executable, "-m", "pcdms_core", "generate", "--source", str(ASSETS / "pcdms_example_source.png"),
+           "--source-pose", str(ASSETS / "pcdms_example_source_pose.json"),
+           "--target-pose", str(ASSETS / "pcdms_example_target_pose.json"), "--out", str(out), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    result = im.as_uint8_batch(Image.open(out))
+    assert result.shape == (1, 3, 128, 128)
+    import scripts.make_assets as make_assets
+
+    pair = SyntheticPairs(seed=make_assets.SEED)[make_assets.PAIR]
+    truth, mask = pair.target[None], pair.target_mask[None]
+    # closer to the person in the target pose than the unchanged source is
+    assert metrics.masked_colour_error(result, truth, mask) < metrics.masked_colour_error(pair.source[None], truth, mask)
+
+
+def test_evaluation_runs_and_writes_its_table(tmp_path):
+    from pcdms_core.evaluation import demo_pipeline, evaluate
+
+    result = evaluate(demo_pipeline(), tmp_path, count=2, batch_size=2, steps={"prior": 2, "inpaint": 2, "refine": 2},
+                      progress=False)
+    assert set(result["metrics"]) == {"source copy", "stage 2, zeroed embedding", "stage 2", "stages 1-3"}
+    # the demo models' sampler settings, with the step counts overridden
+    assert result["settings"]["inpaint"] == dict(demo.SAMPLING["inpaint"], steps=2)
+    assert result["settings"]["refine"]["scheduler"] == demo.SAMPLING["refine"]["scheduler"]
+    assert demo.SAMPLING["inpaint"]["scheduler"] in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.md").read_text().count("|") > 20
+    w, h = demo.SIZE
+    assert Image.open(tmp_path / "grid.png").size == (5 * w, 2 * h)
