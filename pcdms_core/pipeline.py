@@ -166,6 +166,10 @@ class PCDMsPipeline:
             if lazy:
                 gc.collect()
 
+    def _collect(self) -> None:
+        if any(isinstance(getattr(self, n), Lazy) for n in ("inpaint", "vae", "dino", "prior", "clip", "refine")):
+            gc.collect()
+
     def _check(self) -> None:
         if self.uses_prior and (self.prior is None or self.clip is None):
             raise InputError(
@@ -205,12 +209,18 @@ class PCDMsPipeline:
             raise InputError("the prior needs keypoint poses (Pose), not pose images")
         src = im.as_uint8_batch(source)
         size = im.check_size(size, 8, "working size")
+        # (each ``del`` below drops the last reference to a lazily loaded model, so its memory goes before the next
+        # stage loads: the ``with`` block alone would leave the name bound)
         with self._use("dino") as dino:
             tokens = dino.encode(src, size)
+        del dino
+        self._collect()
         clip_embedding = None
         if self.uses_prior:
             with self._use("clip") as clip:
                 clip_embedding = clip.encode(src, tuple(prior_size or size))
+            del clip
+            self._collect()
 
         def stage_cb(name: str):
             return (lambda info: callback(name, info)) if callback is not None else None
@@ -228,6 +238,8 @@ class PCDMsPipeline:
                     scheduler=prior_settings.scheduler or "unclip", generator=seed_of(prior_settings),
                     callback=stage_cb("prior"),
                 )
+            del prior
+            self._collect()
 
         def skeleton(p: PoseInput) -> torch.Tensor:
             return render_pose(p, tuple(size)) if isinstance(p, Pose) else p
@@ -239,6 +251,8 @@ class PCDMsPipeline:
                 scheduler=inpaint_settings.scheduler, generator=seed_of(inpaint_settings),
                 num_images=num_images, callback=stage_cb("inpaint"),
             ).target
+        del inpaint, vae
+        self._collect()
         images = coarse
         if use_refine and self.refine is not None:
             with self._use("refine", "vae") as (refine, vae):

@@ -99,11 +99,22 @@ def test_lazy_pipeline_loads_each_stage_when_needed_and_gives_the_same_images(tm
     eager = PCDMsPipeline.from_files(**common)
     lazy = PCDMsPipeline.from_files(**common, lazy=True)
     assert isinstance(lazy.inpaint, Lazy) and lazy.uses_prior
-    loads = []
+    import weakref
+
+    loads, alive_at_load = [], []
+    refs: list = []
+
+    def load(f, n):
+        # which models of earlier stages are still in memory when this one loads (the VAE is shared by 2 and 3)
+        alive_at_load.append((n, sorted(m for m, r in refs if r() is not None and m != "vae")))
+        loads.append(n)
+        model = f()
+        refs.append((n, weakref.ref(model)))
+        return model
+
     for name in ("prior", "inpaint", "refine", "dino", "clip", "vae"):
         slot = getattr(lazy, name)
-        original = slot._load
-        slot._load = (lambda f=original, n=name: (loads.append(n), f())[1])
+        slot._load = (lambda f=slot._load, n=name: load(f, n))
     sp, tp = _poses()
     kw = dict(size=(64, 64), seed=2, prior_settings=StageSettings(steps=2), inpaint_settings=StageSettings(steps=2),
               refine_settings=StageSettings(steps=2))
@@ -111,3 +122,5 @@ def test_lazy_pipeline_loads_each_stage_when_needed_and_gives_the_same_images(tm
     b = lazy(inputs("src_a.png"), sp, tp, **kw)
     assert torch.equal(a.images, b.images)
     assert loads == ["dino", "clip", "prior", "inpaint", "vae", "refine", "vae"]  # one stage at a time
+    # each stage's models are freed before the next stage's first model loads
+    assert all(alive == [] for n, alive in alive_at_load if n != "vae"), alive_at_load
