@@ -42,7 +42,7 @@ from . import images as im
 from . import vae as vae_ops
 from .checkpoints import load_checkpoint, save_checkpoint
 from .encoders import ImageEncoder, load_image_encoder, preprocess, save_image_encoder
-from .errors import InputError
+from .errors import InputError, PCDMsError
 from .inpaint import keep_mask, sample_inpaint
 from .pose import Pose, load_pose, pose_vector, render_pose
 from .prior import from_clip_space
@@ -430,7 +430,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     try:
         from accelerate import Accelerator
     except ImportError:
-        raise RuntimeError("training needs the accelerate package, which the nodes do not: "
+        raise PCDMsError("training needs the accelerate package, which the nodes do not: "
                            "pip install accelerate (or pip install -r requirements-dev.txt)") from None
     from tqdm.auto import tqdm
 
