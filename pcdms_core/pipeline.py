@@ -12,7 +12,6 @@ be an image (for example a DWPose rendering).
 
 from __future__ import annotations
 
-import contextlib
 import gc
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
@@ -153,20 +152,13 @@ class PCDMsPipeline:
         models = {k: (Lazy(f, k) if f else None) for k, f in loaders.items()}
         return cls(**models, uses_prior=info.variant == "paper")
 
-    @contextlib.contextmanager
-    def _use(self, *names: str):
-        """The named models, loaded if lazy; lazy ones are dropped (and their memory freed) afterwards."""
-        models = [getattr(self, n) for n in names]
-        loaded = [m.load() if isinstance(m, Lazy) else m for m in models]
-        try:
-            yield loaded if len(loaded) > 1 else loaded[0]
-        finally:
-            lazy = any(isinstance(m, Lazy) for m in models)
-            del loaded
-            if lazy:
-                gc.collect()
+    def _load(self, *names: str):
+        """The named models, loaded now if lazy. The caller ``del``s them after the stage, then ``_collect``s."""
+        loaded = [m.load() if isinstance(m, Lazy) else m for m in (getattr(self, n) for n in names)]
+        return tuple(loaded) if len(loaded) > 1 else loaded[0]
 
     def _collect(self) -> None:
+        """Free the memory of models the caller has just dropped (only lazy pipelines drop any)."""
         if any(isinstance(getattr(self, n), Lazy) for n in ("inpaint", "vae", "dino", "prior", "clip", "refine")):
             gc.collect()
 
@@ -210,15 +202,15 @@ class PCDMsPipeline:
         src = im.as_uint8_batch(source)
         size = im.check_size(size, 8, "working size")
         # (each ``del`` below drops the last reference to a lazily loaded model, so its memory goes before the next
-        # stage loads: the ``with`` block alone would leave the name bound)
-        with self._use("dino") as dino:
-            tokens = dino.encode(src, size)
+        # stage loads)
+        dino = self._load("dino")
+        tokens = dino.encode(src, size)
         del dino
         self._collect()
         clip_embedding = None
         if self.uses_prior:
-            with self._use("clip") as clip:
-                clip_embedding = clip.encode(src, tuple(prior_size or size))
+            clip = self._load("clip")
+            clip_embedding = clip.encode(src, tuple(prior_size or size))
             del clip
             self._collect()
 
@@ -230,37 +222,37 @@ class PCDMsPipeline:
 
         embedding = None
         if self.uses_prior:
-            with self._use("prior") as prior:
-                embedding = sample_prior(
-                    prior, clip_embedding, pose_vector(source_pose), pose_vector(target_pose),
-                    steps=prior_settings.steps or 20,
-                    guidance_scale=1.0 if prior_settings.guidance_scale is None else prior_settings.guidance_scale,
-                    scheduler=prior_settings.scheduler or "unclip", generator=seed_of(prior_settings),
-                    callback=stage_cb("prior"),
-                )
+            prior = self._load("prior")
+            embedding = sample_prior(
+                prior, clip_embedding, pose_vector(source_pose), pose_vector(target_pose),
+                steps=prior_settings.steps or 20,
+                guidance_scale=1.0 if prior_settings.guidance_scale is None else prior_settings.guidance_scale,
+                scheduler=prior_settings.scheduler or "unclip", generator=seed_of(prior_settings),
+                callback=stage_cb("prior"),
+            )
             del prior
             self._collect()
 
         def skeleton(p: PoseInput) -> torch.Tensor:
             return render_pose(p, tuple(size)) if isinstance(p, Pose) else p
 
-        with self._use("inpaint", "vae") as (inpaint, vae):
-            coarse = sample_inpaint(
-                inpaint, vae, src, skeleton(source_pose), skeleton(target_pose), tokens, embedding,
-                size=tuple(size), steps=inpaint_settings.steps, guidance_scale=inpaint_settings.guidance_scale,
-                scheduler=inpaint_settings.scheduler, generator=seed_of(inpaint_settings),
-                num_images=num_images, callback=stage_cb("inpaint"),
-            ).target
+        inpaint, vae = self._load("inpaint", "vae")
+        coarse = sample_inpaint(
+            inpaint, vae, src, skeleton(source_pose), skeleton(target_pose), tokens, embedding,
+            size=tuple(size), steps=inpaint_settings.steps, guidance_scale=inpaint_settings.guidance_scale,
+            scheduler=inpaint_settings.scheduler, generator=seed_of(inpaint_settings),
+            num_images=num_images, callback=stage_cb("inpaint"),
+        ).target
         del inpaint, vae
         self._collect()
         images = coarse
         if use_refine and self.refine is not None:
-            with self._use("refine", "vae") as (refine, vae):
-                # The official chain hands stage 3 an 8-bit image; so do we.
-                images = sample_refine(
-                    refine, vae, im.to_uint8(coarse), tokens.repeat_interleave(num_images, dim=0),
-                    size=tuple(size), steps=refine_settings.steps, guidance_scale=refine_settings.guidance_scale,
-                    scheduler=refine_settings.scheduler, generator=seed_of(refine_settings),
-                    callback=stage_cb("refine"),
-                ).images
+            refine, vae = self._load("refine", "vae")
+            # The official chain hands stage 3 an 8-bit image; so do we.
+            images = sample_refine(
+                refine, vae, im.to_uint8(coarse), tokens.repeat_interleave(num_images, dim=0),
+                size=tuple(size), steps=refine_settings.steps, guidance_scale=refine_settings.guidance_scale,
+                scheduler=refine_settings.scheduler, generator=seed_of(refine_settings),
+                callback=stage_cb("refine"),
+            ).images
         return PipelineResult(images=images, coarse=coarse, prior_embedding=embedding, source_tokens=tokens)
