@@ -116,9 +116,26 @@ class InpaintModel(nn.Module):
 
 @dataclass
 class InpaintResult:
-    target: torch.Tensor  # [N, 3, H, W] in [0, 1]: the right half, the coarse target image
-    canvas: torch.Tensor  # [N, 3, H, 2W] in [0, 1]: the whole decoded canvas
+    target: Optional[torch.Tensor]  # [N, 3, H, W] in [0, 1]: the right half, the coarse target image
+    canvas: Optional[torch.Tensor]  # [N, 3, H, 2W] in [0, 1]: the whole decoded canvas
     latents: torch.Tensor  # final latents of the whole canvas
+    # (``target`` and ``canvas`` are None when ``sample_inpaint`` was told not to decode: see ``decode_canvas``)
+
+
+def encode_canvas(vae, source, size: tuple[int, int], generator: SeedLike = None) -> torch.Tensor:
+    """The scaled VAE latents of the [source | black] canvas, drawn from the posterior with ``generator``: the
+    first random draw of stage 2. Encoding before the UNet is loaded (and passing the same generator to
+    ``sample_inpaint`` as ``masked_latents`` / ``generator``) gives the same numbers with less held at once."""
+    src = im.resize_u8(im.as_uint8_batch(source), im.check_size(size, vae_ops.downscale_factor(vae), "stage-2 size"))
+    masked = im.side_by_side(src, torch.zeros_like(src))
+    return vae_ops.encode(vae, im.to_model_range(masked), as_generator(generator))
+
+
+def decode_canvas(vae, latents: torch.Tensor) -> InpaintResult:
+    """Decode stage 2's final latents: the whole canvas, as the official code does, and its right half."""
+    canvas = vae_ops.decode(vae, latents)
+    half = canvas.shape[-1] // 2
+    return InpaintResult(target=canvas[..., half:], canvas=canvas, latents=latents)
 
 
 def size_multiple(model: InpaintModel | nn.Module, vae) -> int:
@@ -187,8 +204,9 @@ def sample_inpaint(
     masked_latents: Optional[torch.Tensor] = None,
     num_images: int = 1,
     callback: Optional[StepCallback] = None,
+    decode: bool = True,
 ) -> InpaintResult:
-    """Run stage 2 and decode. Defaults are the official ones for the model's variant.
+    """Run stage 2 and decode (``decode=False``: only the latents, for ``decode_canvas`` once the UNet is freed). Defaults are the official ones for the model's variant.
 
     ``source``, ``source_pose`` and ``target_pose`` are image batches (see ``images.as_uint8_batch``; the
     poses are rendered skeletons, see ``pose.render_pose``). ``source_tokens`` are the DINOv2
@@ -224,7 +242,7 @@ def sample_inpaint(
     check_tokens(model.image_proj, source_tokens)
 
     if masked_latents is None:
-        masked_latents = vae_ops.encode(vae, im.to_model_range(masked_u8), gen)
+        masked_latents = encode_canvas(vae, source, size, gen)
     masked_latents = masked_latents.to(device, dtype)
     _, lc, lh, lw = masked_latents.shape
     pose_features = model.pose_proj(im.to_model_range(poses_u8).to(device, dtype))
@@ -269,6 +287,6 @@ def sample_inpaint(
         sched, x, predict, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
         generator=gen, callback=callback,
     )
-    canvas = vae_ops.decode(vae, x)
-    half = canvas.shape[-1] // 2
-    return InpaintResult(target=canvas[..., half:], canvas=canvas, latents=x)
+    if not decode:
+        return InpaintResult(target=None, canvas=None, latents=x)
+    return decode_canvas(vae, x)

@@ -204,6 +204,10 @@ def sample_prior(
     defaults to ``generator``; the official pipeline drew that noise from torch's global RNG).
     """
     check_steps(steps)
+    if str(scheduler).lower() == "unclip" and steps < 2:
+        raise InputError(
+            f"the UnCLIP scheduler needs at least 2 steps (got {steps}); use 2 or more, or the ddim / ddpm scheduler"
+        )
     device, dtype = model_device_dtype(prior)
     source_embedding = torch.as_tensor(source_embedding)
     if source_embedding.ndim == 3:

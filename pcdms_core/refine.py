@@ -57,8 +57,16 @@ class RefineModel(nn.Module):
 
 @dataclass
 class RefineResult:
-    images: torch.Tensor  # [N, 3, H, W] in [0, 1]
+    images: Optional[torch.Tensor]  # [N, 3, H, W] in [0, 1]; None when ``sample_refine`` was told not to decode
     latents: torch.Tensor
+
+
+def encode_coarse(vae, coarse, size: tuple[int, int], generator: SeedLike = None) -> torch.Tensor:
+    """The scaled VAE latents of the coarse image stretched to ``size`` (PIL bicubic on 8-bit pixels), drawn
+    from the posterior with ``generator``: the first random draw of stage 3 (see ``sample_refine``'s
+    ``coarse_latents``)."""
+    coarse_u8 = im.resize_u8(im.as_uint8_batch(coarse), im.check_size(size, vae_ops.downscale_factor(vae), "stage-3 size"))
+    return vae_ops.encode(vae, im.to_model_range(coarse_u8), as_generator(generator))
 
 
 @torch.no_grad()
@@ -78,14 +86,15 @@ def sample_refine(
     coarse_latents: Optional[torch.Tensor] = None,
     num_images: int = 1,
     callback: Optional[StepCallback] = None,
+    decode: bool = True,
 ) -> RefineResult:
     """Refine ``coarse`` (stage 2's target half, any image form) into ``[N, 3, H, W]`` images.
 
     ``coarse`` is stretched to ``size`` = (W, H) with PIL bicubic on 8-bit pixels, as the official batch
     test does with the PNG stage 2 wrote. Randomness, in the official order: the VAE posterior sample of the
     coarse image, then the initial latents, both from ``generator``. ``coarse_latents`` (already scaled)
-    skips the first draw. With several coarse images and ``num_images`` > 1, each coarse image gets
-    ``num_images`` refinements, in order.
+    skips the first draw (see ``encode_coarse``); ``decode=False`` returns only the latents. With several
+    coarse images and ``num_images`` > 1, each coarse image gets ``num_images`` refinements, in order.
     """
     steps = check_steps(DEFAULTS["steps"] if steps is None else steps)
     guidance_scale = DEFAULTS["guidance_scale"] if guidance_scale is None else float(guidance_scale)
@@ -100,7 +109,7 @@ def sample_refine(
     check_tokens(model.image_proj, source_tokens)
     tokens = _match_batch(source_tokens, batch, "source token").to(device, dtype)
     if coarse_latents is None:
-        coarse_latents = vae_ops.encode(vae, im.to_model_range(coarse_u8), gen)
+        coarse_latents = encode_coarse(vae, coarse_u8, size, gen)
     coarse_latents = coarse_latents.to(device, dtype)
     _, lc, lh, lw = coarse_latents.shape
 
@@ -121,4 +130,4 @@ def sample_refine(
     x = denoise(
         sched, x, predict, guidance_scale=guidance_scale, guidance_rescale=rescale, generator=gen, callback=callback
     )
-    return RefineResult(images=vae_ops.decode(vae, x), latents=x)
+    return RefineResult(images=vae_ops.decode(vae, x) if decode else None, latents=x)

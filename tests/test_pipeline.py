@@ -86,7 +86,7 @@ def test_paper_pipeline_needs_the_prior_and_keypoints(models, pipe, inputs):
         pipe(inputs("src_a.png"), sp, inputs("pose_t1.png"), size=(64, 64))
 
 
-def test_lazy_pipeline_loads_each_stage_when_needed_and_gives_the_same_images(tmp_path, inputs):
+def test_lazy_pipeline_loads_each_stage_when_needed_and_gives_the_same_images(tmp_path, inputs, monkeypatch):
     from pcdms_core.checkpoints import convert_checkpoint
     from pcdms_core.pipeline import Lazy
 
@@ -119,8 +119,22 @@ def test_lazy_pipeline_loads_each_stage_when_needed_and_gives_the_same_images(tm
     kw = dict(size=(64, 64), seed=2, prior_settings=StageSettings(steps=2), inpaint_settings=StageSettings(steps=2),
               refine_settings=StageSettings(steps=2))
     a = eager(inputs("src_a.png"), sp, tp, **kw)
+    from pcdms_core import vae as vae_ops
+
+    # which UNets are in memory while the VAE encodes or decodes (its activations are the largest of a stage)
+    vae_calls = []
+    for op in ("encode", "decode"):
+        original = getattr(vae_ops, op)
+
+        def spy(*args, _f=original, _op=op, **kwargs):
+            vae_calls.append((_op, sorted(m for m, r in refs if r() is not None and m in ("inpaint", "refine"))))
+            return _f(*args, **kwargs)
+
+        monkeypatch.setattr(vae_ops, op, spy)
     b = lazy(inputs("src_a.png"), sp, tp, **kw)
-    assert torch.equal(a.images, b.images)
-    assert loads == ["dino", "clip", "prior", "inpaint", "vae", "refine", "vae"]  # one stage at a time
+    assert torch.equal(a.images, b.images) and torch.equal(a.coarse, b.coarse)
+    assert loads == ["dino", "clip", "prior", "vae", "inpaint", "refine"]  # one stage at a time, one VAE
     # each stage's models are freed before the next stage's first model loads
     assert all(alive == [] for n, alive in alive_at_load if n != "vae"), alive_at_load
+    # encode, decode (stage 2), encode, decode (stage 3), none beside a UNet
+    assert vae_calls == [("encode", []), ("decode", []), ("encode", []), ("decode", [])], vae_calls

@@ -158,3 +158,8 @@ def test_sampler_argument_errors(paper_inputs, models, refs):
         make_scheduler("unipc", "prior")
     with pytest.raises(InputError, match=r"\[B, 36\] pose vector"):
         sample_prior(models("s1"), refs("stage1")["run.inputs.s_embed"], torch.zeros(1, 34), torch.zeros(1, 36))
+    pose = torch.zeros(1, 36)
+    with pytest.raises(InputError, match="UnCLIP scheduler needs at least 2 steps"):
+        sample_prior(models("s1"), refs("stage1")["run.inputs.s_embed"], pose, pose, steps=1)
+    one_step = sample_prior(models("s1"), refs("stage1")["run.inputs.s_embed"], pose, pose, steps=1, scheduler="ddim")
+    assert one_step.shape == (1, 1024) and torch.isfinite(one_step).all()
