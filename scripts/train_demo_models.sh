@@ -31,6 +31,9 @@ py train inpaint --out $RUNS/inpaint --steps 5000 --batch-size 16 --lr 5e-4 --sa
 py make-coarse --inpaint $D/pcdms/pcdms_demo_inpaint.safetensors --out $RUNS/coarse.pt --count 1200 --steps 30 \
    --scheduler euler_ancestral --guidance 1.5
 py train refine --coarse $RUNS/coarse.pt --out $RUNS/refine --steps 4000 --batch-size 16 --lr 5e-4 --save-every 500 \
-   --ema 0.999 --export $D/pcdms/pcdms_demo_refine.safetensors
+   --ema 0.999 --export $RUNS/refine/refine.safetensors
+# stage 3, last leg: from those (averaged) weights at a fifth of the learning rate, on the same stage-2 outputs
+py train refine --coarse $RUNS/coarse.pt --out $RUNS/refine_anneal --init $RUNS/refine/refine.safetensors --steps 2000 \
+   --batch-size 16 --lr 1e-4 --save-every 500 --ema 0.999 --export $D/pcdms/pcdms_demo_refine.safetensors
 # the stage ablation on 200 held-out pairs (README, Demo models)
 py evaluate --out $RUNS/eval --pairs 200
