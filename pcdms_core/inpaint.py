@@ -206,7 +206,8 @@ def sample_inpaint(
     callback: Optional[StepCallback] = None,
     decode: bool = True,
 ) -> InpaintResult:
-    """Run stage 2 and decode (``decode=False``: only the latents, for ``decode_canvas`` once the UNet is freed). Defaults are the official ones for the model's variant.
+    """Run stage 2 and decode (``decode=False``: only the latents, for ``decode_canvas`` once the UNet is
+    freed). Defaults are the official ones for the model's variant.
 
     ``source``, ``source_pose`` and ``target_pose`` are image batches (see ``images.as_uint8_batch``; the
     poses are rendered skeletons, see ``pose.render_pose``). ``source_tokens`` are the DINOv2
