@@ -126,9 +126,14 @@ def encode_canvas(vae, source, size: tuple[int, int], generator: SeedLike = None
     """The scaled VAE latents of the [source | black] canvas, drawn from the posterior with ``generator``: the
     first random draw of stage 2. Encoding before the UNet is loaded (and passing the same generator to
     ``sample_inpaint`` as ``masked_latents`` / ``generator``) gives the same numbers with less held at once."""
-    src = im.resize_u8(im.as_uint8_batch(source), im.check_size(size, vae_ops.downscale_factor(vae), "stage-2 size"))
-    masked = im.side_by_side(src, torch.zeros_like(src))
+    masked = source_canvas(source, im.check_size(size, vae_ops.downscale_factor(vae), "stage-2 size"))
     return vae_ops.encode(vae, im.to_model_range(masked), as_generator(generator))
+
+
+def source_canvas(source, size: tuple[int, int]) -> torch.Tensor:
+    """The uint8 [source | black] canvas, the source stretched to ``size`` = (W, H) with PIL bicubic."""
+    src = im.resize_u8(im.as_uint8_batch(source), size)
+    return im.side_by_side(src, torch.zeros_like(src))
 
 
 def decode_canvas(vae, latents: torch.Tensor) -> InpaintResult:
@@ -149,13 +154,12 @@ def prepare_canvases(source, source_pose, target_pose, size: tuple[int, int]):
 
     Every input is stretched to ``size`` = (W, H) with PIL bicubic, as the official scripts do.
     """
-    src = im.resize_u8(im.as_uint8_batch(source), size)
+    masked = source_canvas(source, size)
     sp = im.resize_u8(im.as_uint8_batch(source_pose), size)
     tp = im.resize_u8(im.as_uint8_batch(target_pose), size)
-    batch = src.shape[0]
+    batch = masked.shape[0]
     sp = _match_batch(sp, batch, "source pose image")
     tp = _match_batch(tp, batch, "target pose image")
-    masked = im.side_by_side(src, torch.zeros_like(src))
     poses = im.side_by_side(sp, tp)
     return masked, poses
 
@@ -243,7 +247,7 @@ def sample_inpaint(
     check_tokens(model.image_proj, source_tokens)
 
     if masked_latents is None:
-        masked_latents = encode_canvas(vae, source, size, gen)
+        masked_latents = vae_ops.encode(vae, im.to_model_range(masked_u8), gen)  # as ``encode_canvas``
     masked_latents = masked_latents.to(device, dtype)
     _, lc, lh, lw = masked_latents.shape
     pose_features = model.pose_proj(im.to_model_range(poses_u8).to(device, dtype))

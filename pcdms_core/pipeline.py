@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import sys
 from dataclasses import dataclass, field
@@ -315,20 +316,17 @@ def release_memory() -> None:
         trim(0)
 
 
-_TRIM: list = []
-
-
+@functools.lru_cache(maxsize=None)
 def _malloc_trim():
-    if not _TRIM:
-        fn = None
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                fn = getattr(libc, "malloc_trim", None)
-                if fn is not None:
-                    fn.argtypes = [ctypes.c_size_t]
-                    fn.restype = ctypes.c_int
-            except OSError:
-                fn = None
-        _TRIM.append(fn)
-    return _TRIM[0]
+    """glibc's ``malloc_trim``, or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    fn = getattr(libc, "malloc_trim", None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_size_t]
+        fn.restype = ctypes.c_int
+    return fn

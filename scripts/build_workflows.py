@@ -87,6 +87,8 @@ OFFICIAL = Models(
     inpaint_sampler=dict(steps=20, cfg=2.0, scheduler="auto"), refine_sampler=dict(steps=20, cfg=1.0, scheduler="unipc"),
     noprior_sampler=dict(steps=50, cfg=2.0, scheduler="auto"),
 )
+
+
 def _widgets(settings: dict) -> dict:
     return dict(steps=settings["steps"], cfg=float(settings["guidance_scale"]), scheduler=settings["scheduler"])
 
