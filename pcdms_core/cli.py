@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dino", help="frozen DINOv2 (default: the demo stand-in)")
     t.add_argument("--init", help="start from this checkpoint")
     t.add_argument("--coarse", help="refining: the stage-2 outputs from make-coarse")
+    t.add_argument("--augment", action="store_true",
+                   help="refining: flip and reorder the colours of each (source, coarse, target) triple together")
     t.add_argument("--save-every", type=int, default=250)
     t.add_argument("--ema", type=float, default=0.0,
                    help="export an exponential moving average of the weights with this decay (e.g. 0.999; off by default, as officially)")
@@ -107,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     mc.add_argument("--guidance", type=float, help="stage 2's guidance (default: the official 2)")
     mc.add_argument("--seed", type=int, default=0)
     mc.add_argument("--batch-size", type=int, default=32)
+    mc.add_argument("--prior", help="paper model: give stage 2 this prior's embedding instead of the real target "
+                                    "one (as at inference; the official batch test uses the real one)")
 
     ie = sub.add_parser("init-encoders", help="write the demo's stand-in CLIP and DINOv2 (seeded, frozen)")
     ie.add_argument("--clip", required=True)
@@ -242,8 +246,8 @@ def _train(args) -> int:
         stage=args.stage, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, variant=args.variant,
         size=tuple(args.size or demo.SIZE), seed=args.seed, data=args.data, pairs=args.pairs, images=args.images, poses=args.poses,
         pose_images=args.pose_images, vae=args.vae, clip=args.clip, dino=args.dino, init=args.init, coarse=args.coarse,
-        save_every=args.save_every, ema=args.ema, mixed_precision=args.mixed_precision, export_to=args.export,
-        export_dtype=args.export_dtype,
+        augment=args.augment, save_every=args.save_every, ema=args.ema, mixed_precision=args.mixed_precision,
+        export_to=args.export, export_dtype=args.export_dtype,
     )
     print(train(cfg))
     return 0
@@ -253,7 +257,8 @@ def _make_coarse(args) -> int:
     from .training import make_coarse
 
     print(make_coarse(args.inpaint, args.out, count=args.count, seed=args.seed, steps=args.steps,
-                      batch_size=args.batch_size, scheduler=args.scheduler, guidance_scale=args.guidance))
+                      batch_size=args.batch_size, scheduler=args.scheduler, guidance_scale=args.guidance,
+                      prior=args.prior))
     return 0
 
 

@@ -25,6 +25,7 @@ the official pairs list, images and ``normalized_pose_txt`` keypoint files).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -45,7 +46,7 @@ from .encoders import ImageEncoder, load_image_encoder, preprocess, save_image_e
 from .errors import InputError, PCDMsError
 from .inpaint import keep_mask, sample_inpaint
 from .pose import Pose, load_pose, pose_vector, render_pose
-from .prior import from_clip_space
+from .prior import from_clip_space, sample_prior
 from .synthetic import SyntheticPairs
 
 # --- data --------------------------------------------------------------------------------------------------------
@@ -148,6 +149,7 @@ class TrainConfig:
     dino: Optional[str] = None
     init: Optional[str] = None  # start from this checkpoint instead of a random initialisation
     coarse: Optional[str] = None  # refining: the stage-2 outputs (see make_coarse)
+    augment: bool = False  # refining: flip and reorder colours of (source, coarse, target) together (see _joint_augment)
     drop_rate: float = 0.1
     noise_offset: float = 0.1
     save_every: int = 250
@@ -157,6 +159,11 @@ class TrainConfig:
     log_every: int = 10
     export_to: Optional[str] = None  # also write the trained model here (e.g. into demo_models/) ...
     export_dtype: str = "fp16"  # ... in this dtype
+
+    def __post_init__(self):
+        if self.augment and self.stage != "refine":
+            raise InputError("--augment is for refining only: the other stages see poses, which a flip or a "
+                             "colour change would not follow")
 
     def hyper(self, name: str) -> float:
         value = getattr(self, name)
@@ -194,6 +201,22 @@ def _noisy(scheduler, x0: torch.Tensor, gen: torch.Generator, offset: float):
         noise = noise + offset * torch.randn(shape, generator=gen).to(x0)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(x0.device)
     return scheduler.add_noise(x0, noise, t), noise, t
+
+
+_CHANNEL_ORDERS = torch.tensor(list(itertools.permutations(range(3))))
+
+
+def _joint_augment(gen: torch.Generator, *images: torch.Tensor) -> list[torch.Tensor]:
+    """The same random change for each sample of every ``[B, 3, H, W]`` image batch: a horizontal flip (p 0.5) and,
+    with p 0.5, one of the five other orders of the RGB channels. Refining learns from a fixed set of stage-2
+    outputs; changed this way a (source, coarse, target) triple is still a valid one (stage 3 takes no pose), so
+    the set grows about ninefold and the model must take colours from the source instead of learning them by heart."""
+    b = images[0].shape[0]
+    flip = (torch.rand(b, generator=gen) < 0.5).view(-1, 1, 1, 1)
+    reorder = torch.rand(b, generator=gen) < 0.5
+    order = _CHANNEL_ORDERS[torch.where(reorder, torch.randint(1, 6, (b,), generator=gen), 0)]
+    rows = torch.arange(b).view(-1, 1)
+    return [torch.where(flip, x.flip(-1), x)[rows, order] for x in images]
 
 
 class Stage:
@@ -344,11 +367,13 @@ class RefineStage(Stage):
     def loss(self, model, batch, gen):
         cfg = self.cfg
         inner = getattr(model, "module", model)
-        coarse = self.coarse[batch.index]
+        source, coarse, target = batch.source, self.coarse[batch.index], batch.target
+        if cfg.augment:
+            source, coarse, target = _joint_augment(gen, source, coarse, target)
         with torch.no_grad():
-            x0 = vae_ops.encode(self.vae, im.to_model_range(batch.target), gen)
+            x0 = vae_ops.encode(self.vae, im.to_model_range(target), gen)
             cond = vae_ops.encode(self.vae, _drop(im.to_model_range(coarse), cfg.drop_rate, gen), gen)
-            tokens = self.dino(preprocess(batch.source, cfg.size).to(self.device))
+            tokens = self.dino(preprocess(source, cfg.size).to(self.device))
         x_t, noise, t = _noisy(self.scheduler, x0, gen, cfg.noise_offset)
         pred = model(torch.cat([x_t, cond], dim=1), t, inner.image_proj(tokens))
         return F.mse_loss(pred.float(), noise.float())
@@ -506,28 +531,39 @@ def losses(out) -> list[dict]:
 @torch.no_grad()
 def make_coarse(inpaint_path, out, *, count: int, seed: int = 0, steps: int = 10, batch_size: int = 32,
                 size: tuple[int, int] = demo.SIZE, vae=None, clip=None, dino=None, scheduler: Optional[str] = None,
-                guidance_scale: Optional[float] = None, progress: bool = True) -> Path:
-    """Stage-2 outputs for training pairs 0..count-1 (with the real target embedding, as the official batch test
-    on the training list), saved as uint8 for refining's training."""
+                guidance_scale: Optional[float] = None, prior=None, progress: bool = True) -> Path:
+    """Stage-2 outputs for training pairs 0..count-1, saved as uint8 for refining's training. The paper model gets
+    the real target embedding, as the official batch test on the training list does, or, with ``prior`` (a
+    stage-1 checkpoint), the prior's prediction from the source embedding and both poses: the embedding
+    stage 2 gets at inference, so refining learns from coarse images like the ones it will be given."""
     from tqdm.auto import tqdm
 
     model = load_checkpoint(inpaint_path, expect="inpaint")
     vae_model = vae_ops.load_vae(vae or demo.demo_file("vae"))
     dino_model = load_image_encoder(dino or demo.demo_file("dino"), "dinov2")
     clip_model = load_image_encoder(clip or demo.demo_file("clip"), "clip") if model.uses_prior else None
+    if prior is not None and not model.uses_prior:
+        raise InputError("--prior needs the paper inpainting model: the demo variant takes no embedding")
+    prior_model = load_checkpoint(prior, expect="prior") if prior is not None else None
     data = SyntheticData(seed, size)
     chunks = []
     for first in tqdm(range(0, count, batch_size), desc="stage-2 outputs", disable=not progress):
         b = data.batch(list(range(first, min(count, first + batch_size))))
         tokens = dino_model.encode(b.source, size)
-        emb = clip_model.encode(b.target, size) if clip_model is not None else None
+        emb = None
+        if prior_model is not None:
+            emb = sample_prior(prior_model, clip_model.encode(b.source, size), b.source_pose, b.target_pose,
+                               generator=seed * 100_003 + first + 1)
+        elif clip_model is not None:
+            emb = clip_model.encode(b.target, size)
         res = sample_inpaint(model, vae_model, b.source, b.source_skeleton, b.target_skeleton, tokens, emb, size=size,
                              steps=steps, generator=seed * 100_003 + first, scheduler=scheduler,
                              **({} if guidance_scale is None else {"guidance_scale": guidance_scale}))
         chunks.append(im.to_uint8(res.target))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"images": torch.cat(chunks), "seed": seed, "steps": steps, "scheduler": scheduler or "default"}, out)
+    torch.save({"images": torch.cat(chunks), "seed": seed, "steps": steps, "scheduler": scheduler or "default",
+                "embedding": "prior" if prior_model is not None else "target"}, out)
     return out
 
 

@@ -100,6 +100,68 @@ def test_inpaint_training_runs_and_exports(tmp_path, frozen):
     assert json.loads((tmp_path / "s2" / "train_config.json").read_text())["stage"] == "inpaint"
 
 
+def test_refine_training_on_stage2_outputs_with_augmentation(tmp_path, frozen):
+    from pcdms_core.training import make_coarse
+
+    coarse = make_coarse(demo.demo_file("inpaint"), tmp_path / "coarse.pt", count=3, steps=2, batch_size=2,
+                         progress=False, **frozen)
+    images = torch.load(coarse, weights_only=True)["images"]
+    assert images.shape == (3, 3, *demo.SIZE[::-1]) and images.dtype == torch.uint8
+    cfg = TrainConfig(stage="refine", out=str(tmp_path / "s3"), steps=2, batch_size=2, save_every=10,
+                      coarse=str(coarse), augment=True, **frozen)
+    model = load_checkpoint(train(cfg, progress=False), expect="refine")
+    assert model.unet.config.in_channels == 8
+    assert json.loads((tmp_path / "s3" / "train_config.json").read_text())["augment"] is True
+    with pytest.raises(Exception, match="refining only"):
+        TrainConfig(stage="inpaint", out=str(tmp_path / "x"), augment=True)
+
+
+def test_make_coarse_with_the_prior_gives_stage_2_the_predicted_embedding(tmp_path, frozen):
+    from pcdms_core import images as im
+    from pcdms_core.inpaint import sample_inpaint
+    from pcdms_core.prior import sample_prior
+    from pcdms_core.training import SyntheticData, make_coarse
+
+    kw = dict(count=2, steps=2, batch_size=2, progress=False, **frozen)
+    with_prior = make_coarse(demo.demo_file("inpaint"), tmp_path / "p.pt", prior=demo.demo_file("prior"), **kw)
+    saved = torch.load(with_prior, weights_only=True)
+    assert saved["embedding"] == "prior"
+    with_target = torch.load(make_coarse(demo.demo_file("inpaint"), tmp_path / "t.pt", **kw), weights_only=True)
+    assert with_target["embedding"] == "target"
+    assert not torch.equal(saved["images"], with_target["images"])
+
+    b = SyntheticData(0, demo.SIZE).batch([0, 1])  # the same pairs, embedding and seeds, by hand
+    clip, dino = load_image_encoder(frozen["clip"], "clip"), load_image_encoder(frozen["dino"], "dinov2")
+    emb = sample_prior(load_checkpoint(demo.demo_file("prior"), expect="prior"), clip.encode(b.source, demo.SIZE),
+                       b.source_pose, b.target_pose, generator=1)
+    expected = sample_inpaint(load_checkpoint(demo.demo_file("inpaint"), expect="inpaint"), load_vae(frozen["vae"]),
+                              b.source, b.source_skeleton, b.target_skeleton, dino.encode(b.source, demo.SIZE), emb,
+                              size=demo.SIZE, steps=2, generator=0).target
+    assert torch.equal(saved["images"], im.to_uint8(expected))
+    with pytest.raises(Exception, match="needs the paper inpainting model"):
+        make_coarse(demo.demo_file("inpaint_demo"), tmp_path / "x.pt", prior=demo.demo_file("prior"), **kw)
+
+
+def test_joint_augment_changes_each_triple_the_same_way():
+    from itertools import permutations
+
+    from pcdms_core.training import _joint_augment
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randint(0, 256, (2, 64, 3, 4, 5), dtype=torch.uint8, generator=gen)
+    out_a, out_b = _joint_augment(gen, a, b)
+    seen = set()
+    for i in range(64):
+        matches = [(flip, order) for flip in (False, True) for order in permutations(range(3))
+                   if torch.equal(out_a[i], (a[i].flip(-1) if flip else a[i])[list(order)])]
+        assert len(matches) == 1
+        flip, order = matches[0]
+        assert torch.equal(out_b[i], (b[i].flip(-1) if flip else b[i])[list(order)])  # the same change for both
+        seen.add(matches[0])
+    assert len(seen) >= 8  # flips and several colour orders occur
+    assert sum(order == (0, 1, 2) for _, order in seen) >= 1
+
+
 def test_deepfashion_folder(tmp_path):
     from PIL import Image
 
