@@ -210,7 +210,7 @@ def _joint_augment(gen: torch.Generator, *images: torch.Tensor) -> list[torch.Te
     """The same random change for each sample of every ``[B, 3, H, W]`` image batch: a horizontal flip (p 0.5) and,
     with p 0.5, one of the five other orders of the RGB channels. Refining learns from a fixed set of stage-2
     outputs; changed this way a (source, coarse, target) triple is still a valid one (stage 3 takes no pose), so
-    the set grows about ninefold and the model must take colours from the source instead of learning them by heart."""
+    each pair has twelve variants and the model must take colours from the source instead of learning them by heart."""
     b = images[0].shape[0]
     flip = (torch.rand(b, generator=gen) < 0.5).view(-1, 1, 1, 1)
     reorder = torch.rand(b, generator=gen) < 0.5
