@@ -539,11 +539,11 @@ def make_coarse(inpaint_path, out, *, count: int, seed: int = 0, steps: int = 10
     from tqdm.auto import tqdm
 
     model = load_checkpoint(inpaint_path, expect="inpaint")
+    if prior is not None and not model.uses_prior:
+        raise InputError("--prior needs the paper inpainting model: the demo variant takes no embedding")
     vae_model = vae_ops.load_vae(vae or demo.demo_file("vae"))
     dino_model = load_image_encoder(dino or demo.demo_file("dino"), "dinov2")
     clip_model = load_image_encoder(clip or demo.demo_file("clip"), "clip") if model.uses_prior else None
-    if prior is not None and not model.uses_prior:
-        raise InputError("--prior needs the paper inpainting model: the demo variant takes no embedding")
     prior_model = load_checkpoint(prior, expect="prior") if prior is not None else None
     data = SyntheticData(seed, size)
     chunks = []
