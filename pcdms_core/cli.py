@@ -93,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--coarse", help="refining: the stage-2 outputs from make-coarse")
     t.add_argument("--augment", action="store_true",
                    help="refining: flip and reorder the colours of each (source, coarse, target) triple together")
+    t.add_argument("--degrade", type=float, default=0.0, metavar="SHARE",
+                   help="refining: this share of each batch (0-1) takes fresh synthetic pairs whose coarse image is "
+                        "the target made worse the ways stage 2 makes it (off by default)")
+    t.add_argument("--decoder-only", action="store_true",
+                   help="VAE: fine-tune only the decoder of the --init VAE, so models trained on its latents still fit")
     t.add_argument("--save-every", type=int, default=250)
     t.add_argument("--ema", type=float, default=0.0,
                    help="export an exponential moving average of the weights with this decay (e.g. 0.999; off by default, as officially)")
@@ -246,7 +251,7 @@ def _train(args) -> int:
         stage=args.stage, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, variant=args.variant,
         size=tuple(args.size or demo.SIZE), seed=args.seed, data=args.data, pairs=args.pairs, images=args.images, poses=args.poses,
         pose_images=args.pose_images, vae=args.vae, clip=args.clip, dino=args.dino, init=args.init, coarse=args.coarse,
-        augment=args.augment, save_every=args.save_every, ema=args.ema, mixed_precision=args.mixed_precision,
+        augment=args.augment, degrade=args.degrade, decoder_only=args.decoder_only, save_every=args.save_every, ema=args.ema, mixed_precision=args.mixed_precision,
         export_to=args.export, export_dtype=args.export_dtype,
     )
     print(train(cfg))

@@ -150,6 +150,8 @@ class TrainConfig:
     init: Optional[str] = None  # start from this checkpoint instead of a random initialisation
     coarse: Optional[str] = None  # refining: the stage-2 outputs (see make_coarse)
     augment: bool = False  # refining: flip and reorder colours of (source, coarse, target) together (see _joint_augment)
+    degrade: float = 0.0  # refining: this share of each batch takes fresh pairs with a made-up coarse image (see degrade_target)
+    decoder_only: bool = False  # VAE: train only the decoder of --init's VAE, keeping its latent space
     drop_rate: float = 0.1
     noise_offset: float = 0.1
     save_every: int = 250
@@ -164,6 +166,14 @@ class TrainConfig:
         if self.augment and self.stage != "refine":
             raise InputError("--augment is for refining only: the other stages see poses, which a flip or a "
                              "colour change would not follow")
+        if self.degrade and self.stage != "refine":
+            raise InputError("--degrade is for refining only: it stands in for stage-2 outputs")
+        if not 0.0 <= self.degrade <= 1.0:
+            raise InputError(f"--degrade is the share of each batch with a made-up coarse image: between 0 and 1, got {self.degrade}")
+        if self.degrade and self.data != "synthetic":
+            raise InputError("--degrade draws fresh synthetic pairs (it needs their body masks and poses): use --data synthetic")
+        if self.decoder_only and self.stage != "vae":
+            raise InputError("--decoder-only is for the VAE only")
 
     def hyper(self, name: str) -> float:
         value = getattr(self, name)
@@ -172,7 +182,7 @@ class TrainConfig:
 
 def _data(cfg: TrainConfig):
     if cfg.data == "synthetic":
-        return SyntheticData(cfg.seed, tuple(cfg.size), skeletons=cfg.stage == "inpaint")
+        return SyntheticData(cfg.seed, tuple(cfg.size), skeletons=cfg.stage == "inpaint" or bool(cfg.degrade))
     if cfg.data == "deepfashion":
         if not (cfg.pairs and cfg.images and cfg.poses):
             raise InputError("DeepFashion training needs --pairs, --images and --poses")
@@ -219,6 +229,34 @@ def _joint_augment(gen: torch.Generator, *images: torch.Tensor) -> list[torch.Te
     return [torch.where(flip, x.flip(-1), x)[rows, order] for x in images]
 
 
+def degrade_target(target: torch.Tensor, skeleton: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A made-up stage-2 output for each uint8 ``[B, 3, H, W]`` target: the kinds of error stage 2 makes, drawn
+    at random per sample. Inside the body (``mask``, bool ``[B, H, W]``) the colours are scaled and shifted (p 0.7);
+    the colours of the pose skeleton (``skeleton``, uint8) bleed in; the image is blurred (p 1/3), warped
+    smoothly by up to a few pixels and noised, coarsely and finely. Refining learns from a fixed set of stage-2
+    outputs and overfits them; these cost nothing to make, so every batch can hold pairs it has never seen."""
+    b, _, h, w = target.shape
+    u = lambda lo, hi, *shape: lo + (hi - lo) * torch.rand((b, *shape), generator=gen)  # noqa: E731
+    x = target.float() / 255
+    body = F.avg_pool2d(mask.float().unsqueeze(1), 5, 1, 2)
+    recoloured = (x * u(0.75, 1.25, 3, 1, 1) + u(-0.12, 0.12, 3, 1, 1)).clamp(0, 1)
+    x = x + body * (torch.rand(b, 1, 1, 1, generator=gen) < 0.7).float() * (recoloured - x)
+    bones = skeleton.float() / 255
+    on_bones = F.avg_pool2d((bones.amax(1, keepdim=True) > 0).float(), 3, 1, 1)
+    x = x + u(0.0, 0.45, 1, 1, 1) * on_bones * (bones - x)
+    blurred = F.interpolate(F.avg_pool2d(x, 2), size=(h, w), mode="bilinear", align_corners=False)
+    x = torch.where((torch.randint(0, 3, (b,), generator=gen) == 2).view(-1, 1, 1, 1), blurred, x)
+    coarse_noise = F.interpolate(torch.randn(b, 3, h // 8, w // 8, generator=gen), size=(h, w), mode="bilinear",
+                                 align_corners=False)
+    x = x + u(0, 0.05, 1, 1, 1) * coarse_noise + u(0, 0.025, 1, 1, 1) * torch.randn(x.shape, generator=gen)
+    shift = F.interpolate(torch.randn(b, 2, 4, 4, generator=gen), size=(h, w), mode="bicubic", align_corners=False)
+    shift = shift * u(0, 2.5, 1, 1, 1) * 2 / w  # in grid units: up to about 2.5 pixels per unit of noise
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    grid = torch.stack([xs, ys], -1).expand(b, h, w, 2) + shift.permute(0, 2, 3, 1)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 class Stage:
     """A stage's trainable model, its frozen helpers and its loss."""
 
@@ -236,8 +274,15 @@ class VaeStage(Stage):
     name = "vae"
 
     def __init__(self, cfg: TrainConfig, device):
-        self.model = demo.build_vae()
-        self.device = device
+        self.cfg, self.device = cfg, device
+        self.model = vae_ops.load_vae(cfg.init) if cfg.init else demo.build_vae()
+        if cfg.decoder_only:
+            if not cfg.init:
+                raise InputError("--decoder-only fine-tunes the decoder of an existing VAE: pass it with --init")
+            # the encoder, and so the latent space the UNets were trained in, stays as it is
+            self.model.requires_grad_(False)
+            self.model.decoder.requires_grad_(True)
+            self.model.post_quant_conv.requires_grad_(True)
 
     CROP = 64  # the VAE is convolutional: random 64 x 64 crops train it four times faster per image
 
@@ -256,7 +301,10 @@ class VaeStage(Stage):
 
     @torch.no_grad()
     def export(self, model, path, dtype=None):
-        """Also sets ``scaling_factor`` so the latents have unit variance (SD uses 0.18215 for the same)."""
+        """Also sets ``scaling_factor`` so the latents have unit variance (SD uses 0.18215 for the same), unless
+        only the decoder was trained: then the latents, and their scale, are the initial VAE's."""
+        if self.cfg.decoder_only:
+            return vae_ops.save_vae(model, path, dtype)
         data = SyntheticData(12345, demo.SIZE)
         b = data.batch(list(range(64)))
         x = im.to_model_range(torch.cat([b.source, b.target])).to(next(model.parameters()).device)
@@ -359,15 +407,29 @@ class RefineStage(Stage):
         self.model = load_checkpoint(cfg.init, expect="refine") if cfg.init else demo.build_refine()
         self.model.requires_grad_(True)
 
+    FRESH = (10**6, 10**7)  # the pair indices --degrade draws from: far past any stage-2 output set
+
     def indices(self, step: int, batch_size: int, rank: int, world: int) -> list[int]:
         n = self.coarse.shape[0]
         g = torch.Generator().manual_seed(self.cfg.seed * 7919 + step * 131 + rank)
-        return torch.randint(0, n, (batch_size,), generator=g).tolist()
+        indices = torch.randint(0, n, (batch_size,), generator=g).tolist()
+        if self.cfg.degrade:
+            g = torch.Generator().manual_seed(self.cfg.seed * 7919 + step * 131 + rank + 77)
+            fresh = (torch.rand(batch_size, generator=g) < self.cfg.degrade).tolist()
+            new = torch.randint(*self.FRESH, (batch_size,), generator=g).tolist()
+            indices = [k if f else i for i, f, k in zip(indices, fresh, new)]
+        return indices
 
     def loss(self, model, batch, gen):
         cfg = self.cfg
         inner = getattr(model, "module", model)
-        source, coarse, target = batch.source, self.coarse[batch.index], batch.target
+        index = torch.tensor(batch.index)
+        n = self.coarse.shape[0]
+        coarse = self.coarse[index.clamp(max=n - 1)]
+        if cfg.degrade:  # pairs past the stage-2 outputs get a made-up coarse image
+            made_up = degrade_target(batch.target, batch.target_skeleton, batch.target_mask, gen)
+            coarse = torch.where((index < n).view(-1, 1, 1, 1), coarse, made_up)
+        source, target = batch.source, batch.target
         if cfg.augment:
             source, coarse, target = _joint_augment(gen, source, coarse, target)
         with torch.no_grad():

@@ -1,5 +1,6 @@
 """The synthetic set, short training runs (loss falls, checkpoints, resume, export), and the metrics."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -114,6 +115,62 @@ def test_refine_training_on_stage2_outputs_with_augmentation(tmp_path, frozen):
     assert json.loads((tmp_path / "s3" / "train_config.json").read_text())["augment"] is True
     with pytest.raises(Exception, match="refining only"):
         TrainConfig(stage="inpaint", out=str(tmp_path / "x"), augment=True)
+
+
+def test_refine_training_with_made_up_coarse_images_mixes_in_fresh_pairs(tmp_path, frozen):
+    from pcdms_core.training import RefineStage
+
+    cached = torch.randint(0, 256, (3, 3, *demo.SIZE[::-1]), dtype=torch.uint8)
+    torch.save({"images": cached}, tmp_path / "coarse.pt")
+    cfg = TrainConfig(stage="refine", out=str(tmp_path / "s3"), steps=2, batch_size=4, save_every=10,
+                      coarse=str(tmp_path / "coarse.pt"), degrade=0.5, **frozen)
+    model = load_checkpoint(train(cfg, progress=False), expect="refine")
+    assert model.unet.config.in_channels == 8
+    assert json.loads((tmp_path / "s3" / "train_config.json").read_text())["degrade"] == 0.5
+    stage = RefineStage(cfg, "cpu")
+    picked = [i for step in range(20) for i in stage.indices(step, 16, 0, 1)]
+    fresh = [i for i in picked if i >= 3]
+    assert 0.35 < len(fresh) / len(picked) < 0.65 and min(fresh) >= RefineStage.FRESH[0]
+    assert len(set(fresh)) == len(fresh)
+    # without it, the cached outputs only, in the same order as where it keeps them
+    plain = RefineStage(dataclasses.replace(cfg, degrade=0.0), "cpu").indices(0, 16, 0, 1)
+    mixed = stage.indices(0, 16, 0, 1)
+    assert max(plain) < 3 and all(j == i for i, j in zip(plain, mixed) if j < 3) and max(mixed) >= 3
+    for bad, match in ((dict(stage="inpaint", degrade=0.5), "refining only"), (dict(stage="refine", degrade=1.5), "between 0 and 1"),
+                       (dict(stage="refine", degrade=0.5, data="deepfashion"), "--data synthetic")):
+        with pytest.raises(Exception, match=match):
+            TrainConfig(out=str(tmp_path / "x"), **bad)
+
+
+def test_degrade_target_makes_a_plausible_wrong_coarse_image():
+    from pcdms_core.training import SyntheticData, degrade_target
+
+    b = SyntheticData(5, demo.SIZE).batch(list(range(16)))
+    made = degrade_target(b.target, b.target_skeleton, b.target_mask, torch.Generator().manual_seed(1))
+    again = degrade_target(b.target, b.target_skeleton, b.target_mask, torch.Generator().manual_seed(1))
+    other = degrade_target(b.target, b.target_skeleton, b.target_mask, torch.Generator().manual_seed(2))
+    assert made.shape == b.target.shape and made.dtype == torch.uint8
+    assert torch.equal(made, again) and not torch.equal(made, other)
+    err = metrics.masked_colour_error(made, b.target, b.target_mask)
+    assert (err > 1).all()  # every one is changed ...
+    # ... but each stays the person in the target pose: nearer its own target than the next pair's target
+    assert (err < metrics.masked_colour_error(made.roll(1, 0), b.target, b.target_mask)).float().mean() > 0.9
+
+
+def test_vae_decoder_only_training_keeps_the_latent_space(tmp_path, frozen):
+    init = load_vae(frozen["vae"])
+    cfg = TrainConfig(stage="vae", out=str(tmp_path / "v"), steps=3, batch_size=2, lr=1e-3, save_every=10,
+                      init=frozen["vae"], decoder_only=True)
+    tuned = load_vae(train(cfg, progress=False))
+    before, after = init.state_dict(), tuned.state_dict()
+    assert tuned.config.scaling_factor == init.config.scaling_factor
+    for name, value in before.items():
+        same = torch.equal(value, after[name])
+        assert same == (not name.startswith(("decoder.", "post_quant_conv."))), name
+    with pytest.raises(Exception, match="--init"):
+        train(TrainConfig(stage="vae", out=str(tmp_path / "w"), steps=1, decoder_only=True), progress=False)
+    with pytest.raises(Exception, match="VAE only"):
+        TrainConfig(stage="prior", out=str(tmp_path / "x"), decoder_only=True)
 
 
 def test_make_coarse_with_the_prior_gives_stage_2_the_predicted_embedding(tmp_path, frozen):
