@@ -251,7 +251,8 @@ def _train(args) -> int:
         stage=args.stage, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, variant=args.variant,
         size=tuple(args.size or demo.SIZE), seed=args.seed, data=args.data, pairs=args.pairs, images=args.images, poses=args.poses,
         pose_images=args.pose_images, vae=args.vae, clip=args.clip, dino=args.dino, init=args.init, coarse=args.coarse,
-        augment=args.augment, degrade=args.degrade, decoder_only=args.decoder_only, save_every=args.save_every, ema=args.ema, mixed_precision=args.mixed_precision,
+        augment=args.augment, degrade=args.degrade, decoder_only=args.decoder_only, save_every=args.save_every,
+        ema=args.ema, mixed_precision=args.mixed_precision,
         export_to=args.export, export_dtype=args.export_dtype,
     )
     print(train(cfg))

@@ -150,7 +150,7 @@ class TrainConfig:
     init: Optional[str] = None  # start from this checkpoint instead of a random initialisation
     coarse: Optional[str] = None  # refining: the stage-2 outputs (see make_coarse)
     augment: bool = False  # refining: flip and reorder colours of (source, coarse, target) together (see _joint_augment)
-    degrade: float = 0.0  # refining: this share of each batch takes fresh pairs with a made-up coarse image (see degrade_target)
+    degrade: float = 0.0  # refining: the share of each batch from fresh pairs, coarse image made up (degrade_target)
     decoder_only: bool = False  # VAE: train only the decoder of --init's VAE, keeping its latent space
     drop_rate: float = 0.1
     noise_offset: float = 0.1
@@ -169,9 +169,11 @@ class TrainConfig:
         if self.degrade and self.stage != "refine":
             raise InputError("--degrade is for refining only: it stands in for stage-2 outputs")
         if not 0.0 <= self.degrade <= 1.0:
-            raise InputError(f"--degrade is the share of each batch with a made-up coarse image: between 0 and 1, got {self.degrade}")
+            raise InputError(f"--degrade is the share of each batch with a made-up coarse image: between 0 and 1, "
+                             f"got {self.degrade}")
         if self.degrade and self.data != "synthetic":
-            raise InputError("--degrade draws fresh synthetic pairs (it needs their body masks and poses): use --data synthetic")
+            raise InputError("--degrade draws fresh synthetic pairs (it needs their body masks and poses): "
+                             "use --data synthetic")
         if self.decoder_only and self.stage != "vae":
             raise InputError("--decoder-only is for the VAE only")
 
@@ -229,7 +231,8 @@ def _joint_augment(gen: torch.Generator, *images: torch.Tensor) -> list[torch.Te
     return [torch.where(flip, x.flip(-1), x)[rows, order] for x in images]
 
 
-def degrade_target(target: torch.Tensor, skeleton: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def degrade_target(target: torch.Tensor, skeleton: torch.Tensor, mask: torch.Tensor,
+                   gen: torch.Generator) -> torch.Tensor:
     """A made-up stage-2 output for each uint8 ``[B, 3, H, W]`` target: the kinds of error stage 2 makes, drawn
     at random per sample. Inside the body (``mask``, bool ``[B, H, W]``) the colours are scaled and shifted (p 0.7);
     the colours of the pose skeleton (``skeleton``, uint8) bleed in; the image is blurred (p 1/3), warped

@@ -132,11 +132,12 @@ def test_refine_training_with_made_up_coarse_images_mixes_in_fresh_pairs(tmp_pat
     fresh = [i for i in picked if i >= 3]
     assert 0.35 < len(fresh) / len(picked) < 0.65 and min(fresh) >= RefineStage.FRESH[0]
     assert len(set(fresh)) == len(fresh)
-    # without it, the cached outputs only, in the same order as where it keeps them
+    # without --degrade: cached outputs only, the same ones as --degrade keeps where it keeps any
     plain = RefineStage(dataclasses.replace(cfg, degrade=0.0), "cpu").indices(0, 16, 0, 1)
     mixed = stage.indices(0, 16, 0, 1)
     assert max(plain) < 3 and all(j == i for i, j in zip(plain, mixed) if j < 3) and max(mixed) >= 3
-    for bad, match in ((dict(stage="inpaint", degrade=0.5), "refining only"), (dict(stage="refine", degrade=1.5), "between 0 and 1"),
+    for bad, match in ((dict(stage="inpaint", degrade=0.5), "refining only"),
+                       (dict(stage="refine", degrade=1.5), "between 0 and 1"),
                        (dict(stage="refine", degrade=0.5, data="deepfashion"), "--data synthetic")):
         with pytest.raises(Exception, match=match):
             TrainConfig(out=str(tmp_path / "x"), **bad)
