@@ -176,6 +176,8 @@ class TrainConfig:
                              "use --data synthetic")
         if self.decoder_only and self.stage != "vae":
             raise InputError("--decoder-only is for the VAE only")
+        if self.decoder_only and not self.init:
+            raise InputError("--decoder-only fine-tunes the decoder of an existing VAE: pass it with --init")
 
     def hyper(self, name: str) -> float:
         value = getattr(self, name)
@@ -280,8 +282,6 @@ class VaeStage(Stage):
         self.cfg, self.device = cfg, device
         self.model = vae_ops.load_vae(cfg.init) if cfg.init else demo.build_vae()
         if cfg.decoder_only:
-            if not cfg.init:
-                raise InputError("--decoder-only fine-tunes the decoder of an existing VAE: pass it with --init")
             # the encoder, and so the latent space the UNets were trained in, stays as it is
             self.model.requires_grad_(False)
             self.model.decoder.requires_grad_(True)
