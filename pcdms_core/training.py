@@ -414,10 +414,10 @@ class RefineStage(Stage):
 
     def indices(self, step: int, batch_size: int, rank: int, world: int) -> list[int]:
         n = self.coarse.shape[0]
-        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + step * 131 + rank)
-        indices = torch.randint(0, n, (batch_size,), generator=g).tolist()
+        seed = self.cfg.seed * 7919 + step * 131 + rank
+        indices = torch.randint(0, n, (batch_size,), generator=torch.Generator().manual_seed(seed)).tolist()
         if self.cfg.degrade:
-            g = torch.Generator().manual_seed(self.cfg.seed * 7919 + step * 131 + rank + 77)
+            g = torch.Generator().manual_seed(seed + 77)
             fresh = (torch.rand(batch_size, generator=g) < self.cfg.degrade).tolist()
             new = torch.randint(*self.FRESH, (batch_size,), generator=g).tolist()
             indices = [k if f else i for i, f, k in zip(indices, fresh, new)]
