@@ -260,7 +260,7 @@ class PCDMsInpaint(io.ComfyNode):
         return io.NodeOutput(images_out(result.target), images_out(result.canvas))
 
 
-def run_refine(model, vae, source: SourceFeatures, coarse, seed, steps, cfg, cfg_rescale, scheduler):
+def run_refine(model, vae, source: SourceFeatures, coarse, seed, steps, cfg, cfg_rescale, scheduler, strength=1.0):
     """``coarse``: uint8 [N, 3, H, W] images to refine."""
     model = _stage_model(model, "refine")
     if source.tokens is None:
@@ -276,7 +276,7 @@ def run_refine(model, vae, source: SourceFeatures, coarse, seed, steps, cfg, cfg
     return sample_refine(
         model.patcher.model.inner, vae_model, coarse, tokens, size=source.size, steps=steps, guidance_scale=cfg,
         guidance_rescale=None if cfg_rescale < 0 else cfg_rescale, scheduler=scheduler, generator=seed,
-        callback=step_callback(),
+        strength=strength, callback=step_callback(),
     ).images
 
 
@@ -303,13 +303,18 @@ class PCDMsRefine(io.ComfyNode):
                                tooltip="Guidance rescale; -1 makes it equal to cfg, as the official script does."),
                 io.Combo.Input("scheduler", options=list(UNET_SCHEDULERS), default="unipc",
                                tooltip="unipc is the official sampler."),
+                io.Float.Input("strength", default=1.0, min=0.01, max=1.0, step=0.01, round=0.01,
+                               tooltip="1 (official): start from pure noise. Below 1: start from the coarse image, "
+                                       "noised that far up the schedule, and run only that share of the steps "
+                                       "(img2img; keeps more of the coarse image)."),
             ],
             outputs=[io.Image.Output(display_name="image")],
         )
 
     @classmethod
-    def execute(cls, model, vae, source, image, seed, steps, cfg, cfg_rescale, scheduler) -> io.NodeOutput:
-        refined = run_refine(model, vae, source, images_in(image), seed, steps, cfg, cfg_rescale, scheduler)
+    def execute(cls, model, vae, source, image, seed, steps, cfg, cfg_rescale, scheduler,
+                strength=1.0) -> io.NodeOutput:
+        refined = run_refine(model, vae, source, images_in(image), seed, steps, cfg, cfg_rescale, scheduler, strength)
         return io.NodeOutput(images_out(refined))
 
 

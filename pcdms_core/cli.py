@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument(f"--{stage}-steps", type=int)
         g.add_argument(f"--{stage}-guidance", type=float)
         g.add_argument(f"--{stage}-scheduler")
+    g.add_argument("--refine-strength", type=float,
+                   help="stage 3 from the coarse image noised this far (img2img; default 1: from pure noise, as officially)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     g.add_argument("--quiet", action="store_true")
@@ -129,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     for stage in ("inpaint", "refine"):
         ev.add_argument(f"--{stage}-scheduler", help="default: the demo models' settings (pcdms_core.demo.SAMPLING)")
         ev.add_argument(f"--{stage}-guidance", type=float)
+    ev.add_argument("--refine-strength", type=float, help="stage 3's img2img strength (1: from pure noise)")
     for name in ("prior", "inpaint", "refine", "clip", "dino", "vae"):
         ev.add_argument(f"--{name}", help=f"{name} model (default: the demo model)")
 
@@ -181,8 +184,9 @@ def _generate(args) -> int:
                 setattr(args, name, str(demo.demo_file(name)))
         args.size = args.size or demo.SIZE
         for stage, settings in demo.SAMPLING.items():  # what the demo models are sampled with, unless given
-            for key, arg in (("steps", "steps"), ("guidance_scale", "guidance"), ("scheduler", "scheduler")):
-                if getattr(args, f"{stage}_{arg}") is None:
+            for key, arg in (("steps", "steps"), ("guidance_scale", "guidance"), ("scheduler", "scheduler"),
+                             ("strength", "strength")):
+                if key in settings and getattr(args, f"{stage}_{arg}") is None:
                     setattr(args, f"{stage}_{arg}", settings[key])
     elif args.dino is None or args.vae is None:
         raise PCDMsError("with --inpaint, also give --dino and --vae (and --prior and --clip for the paper model)")
@@ -204,7 +208,8 @@ def _generate(args) -> int:
         num_images=args.num_images,
         prior_settings=StageSettings(args.prior_steps, args.prior_guidance, args.prior_scheduler),
         inpaint_settings=StageSettings(args.inpaint_steps, args.inpaint_guidance, args.inpaint_scheduler),
-        refine_settings=StageSettings(args.refine_steps, args.refine_guidance, args.refine_scheduler),
+        refine_settings=StageSettings(args.refine_steps, args.refine_guidance, args.refine_scheduler,
+                                      strength=args.refine_strength),
         callback=_progress(args.quiet),
     )
 
@@ -289,6 +294,8 @@ def _evaluate(args) -> int:
         v["scheduler"] = getattr(args, f"{stage}_scheduler") or v["scheduler"]
         g = getattr(args, f"{stage}_guidance")
         v["guidance_scale"] = v["guidance_scale"] if g is None else g
+    if args.refine_strength is not None:
+        settings["refine"]["strength"] = args.refine_strength
     result = evaluate(pipe, args.out, count=args.pairs, batch_size=args.batch_size, settings=settings, size=demo.SIZE)
     print(format_table(result))
     return 0

@@ -91,6 +91,7 @@ def format_table(result: dict) -> str:
         f"{result['pairs']} held-out synthetic pairs (seed {result['seed']}), {result['size'][0]}x{result['size'][1]}; "
         f"prior {result['steps']['prior']} steps; " + "; ".join(
             f"{stage} {v['scheduler']}, {v['steps']} steps, guidance {v['guidance_scale']:g}"
+            + (f", img2img strength {v['strength']:g}" if v.get("strength", 1.0) < 1.0 else "")
             for stage, v in result.get("settings", {}).items()),
         "",
         "| method | SSIM (higher is better) | colour error in the target person, 0-255 (lower is better) | LPIPS |",

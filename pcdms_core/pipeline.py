@@ -46,6 +46,7 @@ class StageSettings:
     guidance_scale: Optional[float] = None
     scheduler: Optional[str] = None
     seed: SeedLike = None
+    strength: Optional[float] = None  # stage 3 only: below 1, start from the coarse image's noised latents
 
 
 @dataclass
@@ -240,6 +241,7 @@ class PCDMsPipeline:
             refine, vae, coarse_u8, tokens.repeat_interleave(num_images, dim=0),
             size=tuple(size), steps=settings.steps, guidance_scale=settings.guidance_scale,
             scheduler=settings.scheduler, generator=gen, coarse_latents=coarse_latents, callback=callback,
+            strength=1.0 if settings.strength is None else settings.strength,
             decode=False,
         ).latents
         del refine

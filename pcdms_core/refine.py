@@ -29,8 +29,11 @@ from .sampling import (
     denoise,
     expand_batch,
     initial_latents,
+    check_strength,
     make_scheduler,
     model_device_dtype,
+    noised_start,
+    start_part_way,
 )
 
 DEFAULTS = dict(steps=20, guidance_scale=1.0, scheduler="unipc")
@@ -85,6 +88,7 @@ def sample_refine(
     latents: Optional[torch.Tensor] = None,
     coarse_latents: Optional[torch.Tensor] = None,
     num_images: int = 1,
+    strength: float = 1.0,
     callback: Optional[StepCallback] = None,
     decode: bool = True,
 ) -> RefineResult:
@@ -95,8 +99,13 @@ def sample_refine(
     coarse image, then the initial latents, both from ``generator``. ``coarse_latents`` (already scaled)
     skips the first draw (see ``encode_coarse``); ``decode=False`` returns only the latents. With several
     coarse images and ``num_images`` > 1, each coarse image gets ``num_images`` refinements, in order.
+
+    ``strength`` 1 (the official way) starts from pure noise. Below 1 it starts from the coarse latents noised
+    to the level ``strength`` of the way up the schedule and runs only the last ``round(steps * strength)``
+    steps (img2img, as diffusers counts it); ``latents`` is then the noise that is added.
     """
     steps = check_steps(DEFAULTS["steps"] if steps is None else steps)
+    strength = check_strength(strength)
     guidance_scale = DEFAULTS["guidance_scale"] if guidance_scale is None else float(guidance_scale)
     rescale = guidance_scale if guidance_rescale is None else float(guidance_rescale)
     scheduler = scheduler or DEFAULTS["scheduler"]
@@ -115,11 +124,15 @@ def sample_refine(
 
     sched = make_scheduler(scheduler)
     sched.set_timesteps(steps, device=device)
+    start = start_part_way(sched, steps, strength)
     n = batch * num_images
-    x = initial_latents((n, lc, lh, lw), sched, gen, device, dtype, latents)
+    cond = expand_batch(coarse_latents, batch, num_images)
+    if strength < 1.0:
+        x = noised_start(sched, cond, start, gen, latents)
+    else:
+        x = initial_latents((n, lc, lh, lw), sched, gen, device, dtype, latents)
 
     context = expand_batch(model.image_proj(tokens), batch, num_images)
-    cond = expand_batch(coarse_latents, batch, num_images)
     if guidance_scale > 1.0:
         context = torch.cat([torch.zeros_like(context), context])
         cond = torch.cat([torch.zeros_like(cond), cond])
@@ -128,6 +141,7 @@ def sample_refine(
         return model(torch.cat([x_in, cond], dim=1), t, context)
 
     x = denoise(
-        sched, x, predict, guidance_scale=guidance_scale, guidance_rescale=rescale, generator=gen, callback=callback
+        sched, x, predict, guidance_scale=guidance_scale, guidance_rescale=rescale, generator=gen, callback=callback,
+        start=start,
     )
     return RefineResult(images=vae_ops.decode(vae, x) if decode else None, latents=x)

@@ -116,6 +116,42 @@ def initial_latents(
     return latents * scheduler.init_noise_sigma
 
 
+def check_strength(strength) -> float:
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < float(strength) <= 1.0:
+        raise InputError(f"strength must be a number in (0, 1] (1 starts from pure noise), got {strength!r}")
+    return float(strength)
+
+
+def start_part_way(scheduler, steps: int, strength: float) -> int:
+    """Where to start in the ``steps`` timesteps set on ``scheduler`` so as to run only their last ``strength``
+    share (img2img, SDEdit; ``strength`` 1 runs them all): an index for ``denoise``'s ``start``. The
+    scheduler's own timesteps stay whole (multistep solvers count down to their end)."""
+    if strength >= 1.0:
+        return 0
+    run = min(int(round(steps * strength)), steps)
+    if run < 1:
+        raise InputError(
+            f"strength {strength} of {steps} steps leaves no step to run; raise the strength or the steps"
+        )
+    start = (steps - run) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return start
+
+
+def noised_start(
+    scheduler, clean: torch.Tensor, start: int, generator, noise: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``clean`` latents noised to the timestep at ``start`` (see ``start_part_way``), with ``noise`` or a fresh
+    draw from ``generator``."""
+    if noise is None:
+        noise = randn(clean.shape, generator, clean.device, clean.dtype)
+    elif tuple(noise.shape) != tuple(clean.shape):
+        raise InputError(f"initial latents have shape {tuple(noise.shape)}, expected {tuple(clean.shape)}")
+    noise = noise.to(device=clean.device, dtype=clean.dtype)
+    return scheduler.add_noise(clean, noise, scheduler.timesteps[start : start + 1])
+
+
 def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, rescale: float) -> torch.Tensor:
     """The guidance rescale of arXiv 2305.08891 §3.4, as the official pipelines apply it (per sample std)."""
     dims = list(range(1, cond.ndim))
@@ -159,8 +195,9 @@ def denoise(
     guidance_rescale: float = 0.0,
     generator: Optional[torch.Generator] = None,
     callback: Optional[StepCallback] = None,
+    start: int = 0,
 ) -> torch.Tensor:
-    """Run the scheduler's timesteps (``set_timesteps`` done by the caller).
+    """Run the scheduler's timesteps from index ``start`` on (``set_timesteps`` done by the caller).
 
     ``predict(x, t)`` returns the network output for the model input ``x``. When ``guidance_scale > 1`` the
     input is the batch ``[x, x]`` and ``predict`` must put its unconditional branch first; the guided output is
@@ -168,7 +205,7 @@ def denoise(
     ``generator`` feeds the schedulers that draw noise during a step (UnCLIP, DDPM, ancestral samplers).
     """
     use_cfg = guidance_scale > 1.0
-    timesteps = scheduler.timesteps
+    timesteps = scheduler.timesteps[start:]
     total = len(timesteps)
     for i, t in enumerate(timesteps):
         x = scheduler.scale_model_input(latents, t)

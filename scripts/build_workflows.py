@@ -84,13 +84,16 @@ OFFICIAL = Models(
         "models/vae/sd21-base-vae.safetensors  (stabilityai/stable-diffusion-2-1-base vae)\n\n"
         "The target pose is a skeleton image here (like the official demo's pose PNGs); keypoints work too.\n"
         "Official settings: DDIM (scheduler auto), 50 steps, cfg 2."),
-    inpaint_sampler=dict(steps=20, cfg=2.0, scheduler="auto"), refine_sampler=dict(steps=20, cfg=1.0, scheduler="unipc"),
+    inpaint_sampler=dict(steps=20, cfg=2.0, scheduler="auto"), refine_sampler=dict(steps=20, cfg=1.0, scheduler="unipc", strength=1.0),
     noprior_sampler=dict(steps=50, cfg=2.0, scheduler="auto"),
 )
 
 
 def _widgets(settings: dict) -> dict:
-    return dict(steps=settings["steps"], cfg=float(settings["guidance_scale"]), scheduler=settings["scheduler"])
+    widgets = dict(steps=settings["steps"], cfg=float(settings["guidance_scale"]), scheduler=settings["scheduler"])
+    if "strength" in settings:  # stage 3 only
+        widgets["strength"] = float(settings["strength"])
+    return widgets
 
 
 DEMO = Models(

@@ -80,6 +80,7 @@ def test_seeds_steps_and_cfg_have_the_official_defaults(env):
     assert (prior["steps"].default, prior["cfg"].default, prior["scheduler"].default) == (20, 1.0, "unclip")
     assert (inpaint["steps"].default, inpaint["cfg"].default, inpaint["scheduler"].default) == (20, 2.0, "auto")
     assert (refine["steps"].default, refine["cfg"].default, refine["scheduler"].default) == (20, 1.0, "unipc")
+    assert refine["strength"].default == 1.0  # from pure noise, as officially
     for node in (prior, inpaint, refine):
         assert node["cfg"].io_type == "FLOAT" and node["seed"].extra["control_after_generate"] is True
     assert inpaint["vae"].io_type == "VAE,PCDMS_VAE"
@@ -153,12 +154,20 @@ def test_paper_chain_equals_the_core_pipeline(env):
     assert torch.equal(emb, ref.prior_embedding)
     assert torch.equal(coarse, ref.coarse.movedim(1, -1))
     assert torch.equal(refined, ref.images.movedim(1, -1))
+    # stage 3 started part way, from the coarse image (img2img)
+    part = run(env, "PCDMsRefine", model=m.refine, vae=m.vae, source=source, image=coarse, seed=9, steps=4,
+               cfg=1.0, cfg_rescale=-1.0, scheduler="unipc", strength=0.5)[0]
+    ref_part = pipe(image.movedim(-1, 1), load_pose(PARITY / "inputs/pose_a.json"),
+                    load_pose(PARITY / "inputs/pose_t1.json"), size=(64, 64), seed=9,
+                    prior_settings=StageSettings(steps=3), inpaint_settings=StageSettings(steps=3),
+                    refine_settings=StageSettings(steps=4, strength=0.5))
+    assert torch.equal(part, ref_part.images.movedim(1, -1)) and not torch.equal(part, refined)
 
     # Each stage asked model management for its model and the VAE together, and reported every step.
     loaded = [[p.model.inner.__class__.__name__ for p in call] for call in env.mm.load_calls]
     assert ["InpaintModel", "AutoencoderKL"] in loaded and ["RefineModel", "AutoencoderKL"] in loaded
     steps = [u[:2] for u in comfy_stub.ProgressBar.updates]
-    assert steps[:3] == [(1, 3), (2, 3), (3, 3)] and len(steps) == 3 + 3 + 2
+    assert steps[:3] == [(1, 3), (2, 3), (3, 3)] and len(steps) == 3 + 3 + 2 + 2  # the last run: 2 of its 4 steps
 
 
 def test_all_stages_node_equals_the_separate_nodes(env):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from PIL import Image
 
 from pcdms_core.errors import InputError
 from pcdms_core.inpaint import sample_inpaint
@@ -115,6 +116,45 @@ def test_refine_guidance_and_batches(models, inputs):
     assert res.images.shape == (2, 3, 64, 64)
 
 
+@pytest.mark.parametrize("name", ["ddim", "euler_ancestral", "unipc", "heun"])
+def test_refine_strength_runs_the_last_steps_from_the_noised_coarse_image(models, inputs, name):
+    from pcdms_core.refine import encode_coarse
+
+    tokens = models("dinov2").encode(inputs("src_a.png"), (64, 64))
+    coarse = inputs("../refs/s3_input_coarse.png")
+    args = (models("s3"), models("vae"), coarse, tokens)
+    kw = dict(size=(64, 64), steps=10, generator=3, scheduler=name, decode=False)
+    full_seen, part_seen = [], []
+    full = sample_refine(*args, **kw, callback=full_seen.append)
+    part = sample_refine(*args, **kw, strength=0.3, callback=part_seen.append)
+    sched = make_scheduler(name)
+    sched.set_timesteps(10)
+    # the last three of the ten steps (Heun, a second-order solver, lists its timesteps twice, as diffusers counts)
+    assert [i.timestep for i in full_seen] == [int(t) for t in sched.timesteps]
+    assert [i.timestep for i in part_seen] == [int(t) for t in sched.timesteps[7 * sched.order:]]
+    assert torch.isfinite(part.latents).all()
+    # it started from the coarse image's latents (the same first random draw), so it ends much nearer them
+    start = encode_coarse(models("vae"), coarse, (64, 64), 3)
+    near, far = (part.latents - start).abs().mean(), (full.latents - start).abs().mean()
+    assert near < 0.5 * far, (near, far)
+    assert torch.equal(sample_refine(*args, **kw, strength=1.0).latents, full.latents)  # 1 is the official way
+
+
+def test_noised_start_is_the_schedule_noising_at_the_first_kept_step():
+    from pcdms_core.sampling import noised_start, start_part_way
+
+    sched = make_scheduler("ddim")
+    sched.set_timesteps(20)
+    start = start_part_way(sched, 20, 0.25)
+    assert start == 15 and int(sched.timesteps[start]) == 201  # leading spacing: 951, 901, ... 201, ... 1
+    clean, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    a = sched.alphas_cumprod[201]
+    assert torch.allclose(noised_start(sched, clean, start, None, noise), a.sqrt() * clean + (1 - a).sqrt() * noise,
+                          atol=1e-6)
+    with pytest.raises(InputError, match="initial latents have shape"):
+        noised_start(sched, clean, start, None, noise[:1])
+
+
 # --- bad input -----------------------------------------------------------------------------------------------------
 
 def test_size_must_fit_the_models(paper_inputs):
@@ -154,6 +194,12 @@ def test_sampler_argument_errors(paper_inputs, models, refs):
         _inpaint(paper_inputs, latents=torch.zeros(1, 4, 8, 8))
     with pytest.raises(InputError, match="seed must be an int"):
         as_generator("42")
+    tokens = models("dinov2").encode(Image.new("RGB", (64, 64)), (64, 64))
+    for strength, message in ((0.0, r"strength must be a number in \(0, 1\]"), (1.5, "strength must be"),
+                              (0.04, "strength 0.04 of 10 steps leaves no step to run")):
+        with pytest.raises(InputError, match=message):
+            sample_refine(models("s3"), models("vae"), Image.new("RGB", (64, 64)), tokens, size=(64, 64), steps=10,
+                          strength=strength)
     with pytest.raises(InputError, match="unknown scheduler 'unipc' for the prior"):
         make_scheduler("unipc", "prior")
     with pytest.raises(InputError, match=r"\[B, 36\] pose vector"):
