@@ -39,7 +39,8 @@ def evaluate(pipe: PCDMsPipeline, out, *, count: int = 200, seed: int = EVAL_SEE
              batch_size: int = 25, settings: Optional[dict] = None, steps: Optional[dict] = None,
              progress: bool = True) -> dict:
     """``settings``: per stage ("inpaint", "refine"), the sampler's ``scheduler``, ``steps`` and
-    ``guidance_scale`` (default: ``demo.SAMPLING``); ``steps`` overrides the step counts (the prior's is 20)."""
+    ``guidance_scale``, and stage 3's ``strength`` (default: ``demo.SAMPLING``); ``steps`` overrides the step
+    counts (the prior's is 20)."""
     from tqdm.auto import tqdm
 
     settings = {k: dict(v) for k, v in (settings or demo.SAMPLING).items()}
