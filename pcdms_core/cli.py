@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument(f"--{stage}-guidance", type=float)
         g.add_argument(f"--{stage}-scheduler")
     g.add_argument("--refine-strength", type=float,
-                   help="stage 3 from the coarse image noised this far (img2img; default 1: from pure noise, as officially)")
+                   help="stage 3 from the coarse image noised this far (img2img; default 1: from pure noise, as "
+                        "officially)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     g.add_argument("--quiet", action="store_true")

@@ -84,7 +84,8 @@ OFFICIAL = Models(
         "models/vae/sd21-base-vae.safetensors  (stabilityai/stable-diffusion-2-1-base vae)\n\n"
         "The target pose is a skeleton image here (like the official demo's pose PNGs); keypoints work too.\n"
         "Official settings: DDIM (scheduler auto), 50 steps, cfg 2."),
-    inpaint_sampler=dict(steps=20, cfg=2.0, scheduler="auto"), refine_sampler=dict(steps=20, cfg=1.0, scheduler="unipc", strength=1.0),
+    inpaint_sampler=dict(steps=20, cfg=2.0, scheduler="auto"),
+    refine_sampler=dict(steps=20, cfg=1.0, scheduler="unipc", strength=1.0),
     noprior_sampler=dict(steps=50, cfg=2.0, scheduler="auto"),
 )
 
