@@ -116,7 +116,7 @@ def test_refine_guidance_and_batches(models, inputs):
     assert res.images.shape == (2, 3, 64, 64)
 
 
-@pytest.mark.parametrize("name", ["ddim", "euler_ancestral", "unipc", "heun"])
+@pytest.mark.parametrize("name", UNET_SCHEDULERS)
 def test_refine_strength_runs_the_last_steps_from_the_noised_coarse_image(models, inputs, name):
     from pcdms_core.refine import encode_coarse
 
