@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the demo models in demo_models/ from scratch on a CPU (about 5 hours on 2 cores; README, Demo models,
+# Reproduce the demo models in demo_models/ from scratch on a CPU (about 6 hours on 2 cores; README, Demo models,
 # lists the time of each step). Every run resumes from its newest checkpoint if interrupted. Run from the
 # repository root; needs accelerate (requirements-dev.txt).
 set -euo pipefail
@@ -53,5 +53,12 @@ py make-coarse --inpaint $D/pcdms/pcdms_demo_inpaint.safetensors --out $RUNS/coa
 py train refine --coarse $RUNS/coarse2.pt --out $RUNS/refine_final --init $RUNS/refine_degrade/refine_fp16.safetensors \
    --degrade 0.5 --steps 1500 --batch-size 16 --lr 2e-4 --save-every 500 --ema 0.999 \
    --export $D/pcdms/pcdms_demo_refine.safetensors
+# stage 2, demo variant, two more legs on pairs it has not seen: 2000 steps at 5e-4 (--seed 2), 1500 at 1e-4 (--seed 3)
+py train inpaint --variant demo --init $D/pcdms/pcdms_demo_inpaint_noprior.safetensors --out $RUNS/inpaint_noprior2 \
+   --steps 2000 --batch-size 16 --lr 5e-4 --save-every 500 --ema 0.999 --seed 2 \
+   --export $D/pcdms/pcdms_demo_inpaint_noprior.safetensors
+py train inpaint --variant demo --init $D/pcdms/pcdms_demo_inpaint_noprior.safetensors --out $RUNS/inpaint_noprior3 \
+   --steps 1500 --batch-size 16 --lr 1e-4 --save-every 500 --ema 0.999 --seed 3 \
+   --export $D/pcdms/pcdms_demo_inpaint_noprior.safetensors
 # the stage ablation on 200 held-out pairs (README, Demo models)
 py evaluate --out $RUNS/eval --pairs 200
