@@ -133,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         ev.add_argument(f"--{stage}-scheduler", help="default: the demo models' settings (pcdms_core.demo.SAMPLING)")
         ev.add_argument(f"--{stage}-guidance", type=float)
     ev.add_argument("--refine-strength", type=float, help="stage 3's img2img strength (1: from pure noise)")
+    ev.add_argument("--inpaint-noprior", help="demo-variant stage 2 (no prior) scored too (default: the demo model)")
     for name in ("prior", "inpaint", "refine", "clip", "dino", "vae"):
         ev.add_argument(f"--{name}", help=f"{name} model (default: the demo model)")
 
@@ -284,6 +285,7 @@ def _init_encoders(args) -> int:
 
 def _evaluate(args) -> int:
     from . import demo
+    from .checkpoints import load_checkpoint
     from .evaluation import evaluate, format_table
     from .pipeline import PCDMsPipeline
 
@@ -297,7 +299,9 @@ def _evaluate(args) -> int:
         v["guidance_scale"] = v["guidance_scale"] if g is None else g
     if args.refine_strength is not None:
         settings["refine"]["strength"] = args.refine_strength
-    result = evaluate(pipe, args.out, count=args.pairs, batch_size=args.batch_size, settings=settings, size=demo.SIZE)
+    noprior = load_checkpoint(args.inpaint_noprior or demo.demo_file("inpaint_demo"), expect="inpaint")
+    result = evaluate(pipe, args.out, count=args.pairs, batch_size=args.batch_size, settings=settings, size=demo.SIZE,
+                      noprior=noprior)
     print(format_table(result))
     return 0
 

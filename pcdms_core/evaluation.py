@@ -5,7 +5,8 @@ For every pair it runs the three stages and compares, against the ground-truth t
 * ``source copy``: the source image as it is (a baseline);
 * ``stage 2``: the coarse image (prior embedding -> inpainting), without refining (a baseline);
 * ``stage 2, zeroed embedding``: inpainting with the prior's embedding replaced by zeros (the ablation);
-* ``stages 1-3``: the full pipeline.
+* ``stages 1-3``: the full pipeline;
+* ``stage 2, demo variant (no prior)``: when a demo-variant inpainting model is given, that model alone.
 
 Metrics: SSIM (the official form), colour error inside the target person, LPIPS when available locally. It
 writes ``results.json``, ``results.md`` (a table) and ``grid.png`` (source, target pose, stage 2, stage 3,
@@ -32,15 +33,17 @@ from .training import SyntheticData
 
 EVAL_SEED = 1_000_003  # held out: the training data uses small seeds
 METHODS = ("source copy", "stage 2, zeroed embedding", "stage 2", "stages 1-3")
+NOPRIOR = "stage 2, demo variant (no prior)"
 
 
 @torch.no_grad()
 def evaluate(pipe: PCDMsPipeline, out, *, count: int = 200, seed: int = EVAL_SEED, size=demo.SIZE,
              batch_size: int = 25, settings: Optional[dict] = None, steps: Optional[dict] = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, noprior=None) -> dict:
     """``settings``: per stage ("inpaint", "refine"), the sampler's ``scheduler``, ``steps`` and
     ``guidance_scale``, and stage 3's ``strength`` (default: ``demo.SAMPLING``); ``steps`` overrides the step
-    counts (the prior's is 20)."""
+    counts (the prior's is 20). ``noprior``: a demo-variant inpainting model (no prior input) to score too, with
+    stage 2's settings and seeds."""
     from tqdm.auto import tqdm
 
     settings = {k: dict(v) for k, v in (settings or demo.SAMPLING).items()}
@@ -49,7 +52,8 @@ def evaluate(pipe: PCDMsPipeline, out, *, count: int = 200, seed: int = EVAL_SEE
         settings[stage]["steps"] = steps[stage]
     data = SyntheticData(seed, tuple(size))
     lp = metrics.lpips_model()
-    scores: dict[str, dict[str, list]] = {m: {"ssim": [], "colour_error": [], "lpips": []} for m in METHODS}
+    methods = METHODS + ((NOPRIOR,) if noprior is not None else ())
+    scores: dict[str, dict[str, list]] = {m: {"ssim": [], "colour_error": [], "lpips": []} for m in methods}
     grid_rows = []
     for first in tqdm(range(0, count, batch_size), desc="evaluate", disable=not progress):
         b = data.batch(list(range(first, min(count, first + batch_size))))
@@ -65,6 +69,9 @@ def evaluate(pipe: PCDMsPipeline, out, *, count: int = 200, seed: int = EVAL_SEE
                                 generator=seed + first + 2, **settings["refine"]).images
         outputs = {"source copy": b.source, "stage 2, zeroed embedding": im.to_uint8(zeroed),
                    "stage 2": im.to_uint8(coarse), "stages 1-3": im.to_uint8(refined)}
+        if noprior is not None:
+            outputs[NOPRIOR] = im.to_uint8(sample_inpaint(noprior, pipe.vae, b.source, b.source_skeleton,
+                                                          b.target_skeleton, feats.tokens, None, **common).target)
         for name, pred in outputs.items():
             scores[name]["ssim"] += metrics.ssim(pred, b.target).tolist()
             scores[name]["colour_error"] += metrics.masked_colour_error(pred, b.target, b.target_mask).tolist()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from pcdms_core import demo, metrics
 from pcdms_core import images as im
-from pcdms_core.checkpoints import inspect_checkpoint
+from pcdms_core.checkpoints import inspect_checkpoint, load_checkpoint
 from pcdms_core.pose import load_pose
 from pcdms_core.synthetic import SyntheticPairs
 
@@ -60,9 +60,12 @@ def test_readme_main_command_moves_the_person(tmp_path):
 def test_evaluation_runs_and_writes_its_table(tmp_path):
     from pcdms_core.evaluation import demo_pipeline, evaluate
 
+    noprior = load_checkpoint(demo.demo_file("inpaint_demo"), expect="inpaint")
     result = evaluate(demo_pipeline(), tmp_path, count=2, batch_size=2, steps={"prior": 2, "inpaint": 2, "refine": 2},
-                      progress=False)
-    assert set(result["metrics"]) == {"source copy", "stage 2, zeroed embedding", "stage 2", "stages 1-3"}
+                      progress=False, noprior=noprior)
+    assert set(result["metrics"]) == {"source copy", "stage 2, zeroed embedding", "stage 2", "stages 1-3",
+                                      "stage 2, demo variant (no prior)"}
+    assert all(0 < m["ssim"] < 1 and m["colour_error"] > 0 for m in result["metrics"].values())
     # the demo models' sampler settings, with the step counts overridden
     assert result["settings"]["inpaint"] == dict(demo.SAMPLING["inpaint"], steps=2)
     assert result["settings"]["refine"] == dict(demo.SAMPLING["refine"], steps=2)
