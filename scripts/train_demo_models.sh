@@ -53,12 +53,16 @@ py make-coarse --inpaint $D/pcdms/pcdms_demo_inpaint.safetensors --out $RUNS/coa
 py train refine --coarse $RUNS/coarse2.pt --out $RUNS/refine_final --init $RUNS/refine_degrade/refine_fp16.safetensors \
    --degrade 0.5 --steps 1500 --batch-size 16 --lr 2e-4 --save-every 500 --ema 0.999 \
    --export $D/pcdms/pcdms_demo_refine.safetensors
-# stage 2, demo variant, two more legs on pairs it has not seen: 2000 steps at 5e-4 (--seed 2), 1500 at 1e-4 (--seed 3)
+# stage 2, demo variant, three more legs on pairs it has not seen: 2000 steps at 5e-4 (--seed 2), then twice 1500 at
+# 1e-4 (--seed 3, --seed 4)
 py train inpaint --variant demo --init $D/pcdms/pcdms_demo_inpaint_noprior.safetensors --out $RUNS/inpaint_noprior2 \
    --steps 2000 --batch-size 16 --lr 5e-4 --save-every 500 --ema 0.999 --seed 2 \
    --export $D/pcdms/pcdms_demo_inpaint_noprior.safetensors
 py train inpaint --variant demo --init $D/pcdms/pcdms_demo_inpaint_noprior.safetensors --out $RUNS/inpaint_noprior3 \
    --steps 1500 --batch-size 16 --lr 1e-4 --save-every 500 --ema 0.999 --seed 3 \
+   --export $D/pcdms/pcdms_demo_inpaint_noprior.safetensors
+py train inpaint --variant demo --init $D/pcdms/pcdms_demo_inpaint_noprior.safetensors --out $RUNS/inpaint_noprior4 \
+   --steps 1500 --batch-size 16 --lr 1e-4 --save-every 500 --ema 0.999 --seed 4 \
    --export $D/pcdms/pcdms_demo_inpaint_noprior.safetensors
 # the stage ablation on 200 held-out pairs (README, Demo models)
 py evaluate --out $RUNS/eval --pairs 200
