@@ -107,13 +107,16 @@ def initial_latents(
     shape: Sequence[int], scheduler, generator, device, dtype, latents: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
     """The starting noise (drawn, or the caller's ``latents``), scaled by the scheduler's initial sigma."""
-    if latents is None:
-        latents = randn(shape, generator, device, dtype)
-    else:
-        if tuple(latents.shape) != tuple(shape):
-            raise InputError(f"initial latents have shape {tuple(latents.shape)}, expected {tuple(shape)}")
-        latents = latents.to(device=device, dtype=dtype)
-    return latents * scheduler.init_noise_sigma
+    return _noise(shape, generator, device, dtype, latents) * scheduler.init_noise_sigma
+
+
+def _noise(shape: Sequence[int], generator, device, dtype, given: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Unit noise of ``shape``: drawn from ``generator``, or the caller's ``given`` noise once its shape is checked."""
+    if given is None:
+        return randn(shape, generator, device, dtype)
+    if tuple(given.shape) != tuple(shape):
+        raise InputError(f"initial latents have shape {tuple(given.shape)}, expected {tuple(shape)}")
+    return given.to(device=device, dtype=dtype)
 
 
 def check_strength(strength) -> float:
@@ -144,11 +147,7 @@ def noised_start(
 ) -> torch.Tensor:
     """``clean`` latents noised to the timestep at ``start`` (see ``start_part_way``), with ``noise`` or a fresh
     draw from ``generator``."""
-    if noise is None:
-        noise = randn(clean.shape, generator, clean.device, clean.dtype)
-    elif tuple(noise.shape) != tuple(clean.shape):
-        raise InputError(f"initial latents have shape {tuple(noise.shape)}, expected {tuple(clean.shape)}")
-    noise = noise.to(device=clean.device, dtype=clean.dtype)
+    noise = _noise(clean.shape, generator, clean.device, clean.dtype, noise)
     return scheduler.add_noise(clean, noise, scheduler.timesteps[start : start + 1])
 
 
