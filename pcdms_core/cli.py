@@ -92,13 +92,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--vae", help="frozen VAE (default: the demo VAE)")
     t.add_argument("--clip", help="frozen CLIP (default: the demo stand-in)")
     t.add_argument("--dino", help="frozen DINOv2 (default: the demo stand-in)")
-    t.add_argument("--init", help="start from this checkpoint")
+    t.add_argument("--init", help="start from this checkpoint (refining: a stage-2 checkpoint works too: its UNet and "
+                   "projector start the refining model, as the official stage 3 starts from SD 2.1's UNet)")
     t.add_argument("--coarse", help="refining: the stage-2 outputs from make-coarse")
     t.add_argument("--augment", action="store_true",
                    help="refining: flip and reorder the colours of each (source, coarse, target) triple together")
     t.add_argument("--degrade", type=float, default=0.0, metavar="SHARE",
                    help="refining: this share of each batch (0-1) takes fresh synthetic pairs whose coarse image is "
                         "the target made worse the ways stage 2 makes it (off by default)")
+    t.add_argument("--pool", type=int, default=0, metavar="N",
+                   help="inpainting: draw the pairs from the first N (shuffled each pass) and keep their frozen "
+                        "encodings instead of drawing fresh pairs every step (faster; 0, the default, is fresh pairs)")
     t.add_argument("--decoder-only", action="store_true",
                    help="VAE: fine-tune only the decoder of the --init VAE, so models trained on its latents still fit")
     t.add_argument("--save-every", type=int, default=250)
@@ -258,7 +262,7 @@ def _train(args) -> int:
         stage=args.stage, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, variant=args.variant,
         size=tuple(args.size or demo.SIZE), seed=args.seed, data=args.data, pairs=args.pairs, images=args.images, poses=args.poses,
         pose_images=args.pose_images, vae=args.vae, clip=args.clip, dino=args.dino, init=args.init, coarse=args.coarse,
-        augment=args.augment, degrade=args.degrade, decoder_only=args.decoder_only, save_every=args.save_every,
+        augment=args.augment, degrade=args.degrade, decoder_only=args.decoder_only, pool=args.pool, save_every=args.save_every,
         ema=args.ema, mixed_precision=args.mixed_precision,
         export_to=args.export, export_dtype=args.export_dtype,
     )

@@ -20,14 +20,22 @@ datasets do. Stage 3 learns from stage-2 outputs on training pairs (made with th
 like the official batch test on train_data.json): ``make_coarse`` writes them once.
 
 Data: the synthetic set (``synthetic.SyntheticPairs``) or a DeepFashion-style folder (``DeepFashionPairs``:
-the official pairs list, images and ``normalized_pose_txt`` keypoint files).
+the official pairs list, images and ``normalized_pose_txt`` keypoint files). By default every step draws fresh
+pairs; ``pool`` (inpainting) draws them from a fixed pool instead and keeps each pair's frozen encodings, which
+at the demo size are half the cost of a step.
+
+Warm starts: ``init`` continues from a checkpoint of the same stage; for refining it may also be a stage-2
+checkpoint (``refine_from_inpaint``), and for inpainting one of the other variant (``inpaint_as_variant``), as
+the official stages 2 and 3 both start from SD 2.1's UNet.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,15 +46,16 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from . import demo
+from . import _compat, demo
 from . import images as im
 from . import vae as vae_ops
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import inspect_checkpoint, load_checkpoint, save_checkpoint
 from .encoders import ImageEncoder, load_image_encoder, preprocess, save_image_encoder
 from .errors import InputError, PCDMsError
-from .inpaint import keep_mask, sample_inpaint
+from .inpaint import InpaintModel, keep_mask, sample_inpaint
 from .pose import Pose, load_pose, pose_vector, render_pose
 from .prior import from_clip_space, sample_prior
+from .refine import RefineModel
 from .synthetic import SyntheticPairs
 
 # --- data --------------------------------------------------------------------------------------------------------
@@ -152,6 +161,7 @@ class TrainConfig:
     augment: bool = False  # refining: flip and reorder colours of (source, coarse, target) together (see _joint_augment)
     degrade: float = 0.0  # refining: the share of each batch from fresh pairs, coarse image made up (degrade_target)
     decoder_only: bool = False  # VAE: train only the decoder of --init's VAE, keeping its latent space
+    pool: int = 0  # inpainting: > 0 draws pairs from the first `pool` pairs and keeps their frozen encodings (see InpaintStage)
     drop_rate: float = 0.1
     noise_offset: float = 0.1
     save_every: int = 250
@@ -174,6 +184,10 @@ class TrainConfig:
         if self.degrade and self.data != "synthetic":
             raise InputError("--degrade draws fresh synthetic pairs (it needs their body masks and poses): "
                              "use --data synthetic")
+        if self.pool and self.stage != "inpaint":
+            raise InputError("--pool is for inpainting only")
+        if self.pool < 0:
+            raise InputError(f"--pool is a number of pairs (0 for fresh pairs every step), got {self.pool}")
         if self.decoder_only and self.stage != "vae":
             raise InputError("--decoder-only is for the VAE only")
         if self.decoder_only and not self.init:
@@ -206,6 +220,12 @@ def _drop(x: torch.Tensor, rate: float, gen: torch.Generator) -> torch.Tensor:
     """Zero whole samples with probability ``rate`` (condition dropout)."""
     keep = (torch.rand(x.shape[0], generator=gen) >= rate).to(x.dtype).to(x.device)
     return x * keep.view(-1, *([1] * (x.ndim - 1)))
+
+
+def _drop_to(x: torch.Tensor, dropped: torch.Tensor, rate: float, gen: torch.Generator) -> torch.Tensor:
+    """``_drop`` for encodings: the same draw, and a dropped sample becomes ``dropped`` (the encoding of zeros)."""
+    keep = (torch.rand(x.shape[0], generator=gen) >= rate).to(x.device).view(-1, *([1] * (x.ndim - 1)))
+    return torch.where(keep, x, dropped.to(x))
 
 
 def _noisy(scheduler, x0: torch.Tensor, gen: torch.Generator, offset: float):
@@ -270,6 +290,14 @@ class Stage:
 
     def loss(self, model, batch: Batch, gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
+
+    def indices(self, step: int, batch_size: int, rank: int, world: int) -> list[int]:
+        """The pairs of a step: fresh ones, each process its own."""
+        first = (step * world + rank) * batch_size
+        return list(range(first, first + batch_size))
+
+    def step_loss(self, model, data, indices: list[int], gen: torch.Generator) -> torch.Tensor:
+        return self.loss(model, data.batch(indices), gen)
 
     def export(self, model, path: Path, dtype=None) -> Path:
         raise NotImplementedError
@@ -361,16 +389,18 @@ class InpaintStage(Stage):
         self.clip = _frozen(cfg.clip, "clip", lambda p: load_image_encoder(p, "clip"), device) if cfg.variant == "paper" else None
         self.scheduler = _ddpm(make_scheduler("ddpm"))
         if cfg.init:
-            self.model = load_checkpoint(cfg.init, expect="inpaint")
+            self.model = inpaint_as_variant(load_checkpoint(cfg.init, expect="inpaint"), cfg.variant)
         else:
             self.model = demo.build_inpaint(cfg.variant)
             torch.nn.init.zeros_(self.model.pose_proj.conv_out.weight)  # official: zero-initialised
             torch.nn.init.zeros_(self.model.pose_proj.conv_out.bias)
         self.model.requires_grad_(True)
+        self._kept: dict[int, dict] = {}  # --pool: each kept pair's encodings
+        self._dropped: Optional[dict] = None  # --pool: the encoders' outputs for a dropped (zeroed) image
+        self._order: tuple = (None, [])  # --pool: (pass, process) and that pass's order of the process's share
 
     def loss(self, model, batch, gen):
         cfg = self.cfg
-        inner = getattr(model, "module", model)
         with torch.no_grad():
             canvas = im.side_by_side(batch.source, batch.target)
             masked = im.side_by_side(batch.source, torch.zeros_like(batch.target))
@@ -380,13 +410,79 @@ class InpaintStage(Stage):
             emb = None
             if self.clip is not None:
                 emb = self.clip(_drop(preprocess(batch.target, cfg.size), cfg.drop_rate, gen).to(self.device))
+        poses = im.side_by_side(batch.source_skeleton, batch.target_skeleton)
+        return self._denoising_loss(model, x0, masked_lat, tokens, emb, poses, gen)
+
+    def _denoising_loss(self, model, x0, masked_lat, tokens, emb, poses, gen):
+        inner = getattr(model, "module", model)
         b, _, h, w = x0.shape
         mask = keep_mask(h, w, b, x0.device, x0.dtype)
-        x_t, noise, t = _noisy(self.scheduler, x0, gen, cfg.noise_offset)
-        poses = im.to_model_range(im.side_by_side(batch.source_skeleton, batch.target_skeleton)).to(self.device)
+        x_t, noise, t = _noisy(self.scheduler, x0, gen, self.cfg.noise_offset)
+        poses = im.to_model_range(poses).to(self.device)
         context = inner.context(tokens, emb)
         pred = model(torch.cat([x_t, mask, masked_lat], dim=1), t, context, inner.pose_proj(poses), emb)
         return F.mse_loss(pred.float(), noise.float())
+
+    # --pool: the frozen encodings of a pair (VAE posteriors, DINOv2 tokens, CLIP embedding, skeletons) do not
+    # change during training, so a run that draws its pairs from a fixed pool computes them once per pair and
+    # keeps them. The random draws are made as ``loss`` makes them (posterior noise, then condition dropout, with
+    # a dropped image's encoding being the encoder's output for zeros), so a step on a kept pair equals a step on
+    # the same pair freshly rendered.
+
+    def indices(self, step, batch_size, rank, world):
+        if not self.cfg.pool:
+            return super().indices(step, batch_size, rank, world)
+        if self.cfg.pool < world:
+            raise InputError(f"--pool {self.cfg.pool} is smaller than the {world} training processes: each needs pairs")
+        shard = range(rank, self.cfg.pool, world)  # each process keeps its own share of the pool
+        out = []
+        for position in range(step * batch_size, (step + 1) * batch_size):
+            epoch, k = divmod(position, len(shard))
+            if self._order[0] != (epoch, rank):
+                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_033 + epoch * 7919 + rank)
+                self._order = ((epoch, rank), torch.randperm(len(shard), generator=g).tolist())
+            out.append(shard[self._order[1][k]])
+        return out
+
+    @torch.no_grad()
+    def encodings(self, batch: Batch) -> dict:
+        """A batch's frozen encodings, per pair (no random draws)."""
+        size = self.cfg.size
+        out = {}
+        out["canvas_mean"], out["canvas_std"] = vae_ops.encode_posterior(
+            self.vae, im.to_model_range(im.side_by_side(batch.source, batch.target)))
+        out["masked_mean"], out["masked_std"] = vae_ops.encode_posterior(
+            self.vae, im.to_model_range(im.side_by_side(batch.source, torch.zeros_like(batch.target))))
+        out["tokens"] = self.dino(preprocess(batch.source, size).to(self.device))
+        if self.clip is not None:
+            out["emb"] = self.clip(preprocess(batch.target, size).to(self.device))
+        out["poses"] = im.side_by_side(batch.source_skeleton, batch.target_skeleton)
+        return out
+
+    def step_loss(self, model, data, indices, gen):
+        if not self.cfg.pool:
+            return super().step_loss(model, data, indices, gen)
+        kept = self._kept
+        new = [i for i in dict.fromkeys(indices) if i not in kept]
+        if new:
+            batch = data.batch(new)
+            enc = self.encodings(batch)
+            for row, i in enumerate(new):
+                kept[i] = {k: v[row].clone() for k, v in enc.items()}
+            if self._dropped is None:
+                with torch.no_grad():
+                    zeros = torch.zeros_like(preprocess(batch.source[:1], self.cfg.size)).to(self.device)
+                    self._dropped = {"tokens": self.dino(zeros)[0],
+                                     "emb": self.clip(zeros)[0] if self.clip is not None else None}
+        rows = {k: torch.stack([kept[i][k] for i in indices]) for k in kept[indices[0]]}
+        with torch.no_grad():
+            x0 = vae_ops.sample_posterior(self.vae, rows["canvas_mean"], rows["canvas_std"], gen)
+            masked_lat = vae_ops.sample_posterior(self.vae, rows["masked_mean"], rows["masked_std"], gen)
+            tokens = _drop_to(rows["tokens"], self._dropped["tokens"], self.cfg.drop_rate, gen)
+            emb = None
+            if self.clip is not None:
+                emb = _drop_to(rows["emb"], self._dropped["emb"], self.cfg.drop_rate, gen)
+        return self._denoising_loss(model, x0, masked_lat, tokens, emb, rows["poses"], gen)
 
     def export(self, model, path, dtype=None):
         return save_checkpoint(model, path, dtype=dtype, extra={"pcdms.size": json.dumps(list(self.cfg.size))})
@@ -404,10 +500,17 @@ class RefineStage(Stage):
                              "make-coarse ...) and pass --coarse")
         cache = torch.load(cfg.coarse, weights_only=True)
         self.coarse = cache["images"]  # uint8 [N, 3, H, W] for pair indices 0..N-1 of cfg.seed's data
+        if cfg.data == "synthetic" and cache.get("seed", cfg.seed) != cfg.seed:
+            raise InputError(f"{cfg.coarse} holds stage-2 outputs for the synthetic pairs of seed {cache['seed']}, "
+                             f"but this run draws the pairs of seed {cfg.seed}: train with --seed {cache['seed']} "
+                             f"(or make the outputs again with make-coarse --seed {cfg.seed})")
         self.vae = _frozen(cfg.vae, "vae", vae_ops.load_vae, device)
         self.dino = _frozen(cfg.dino, "dino", lambda p: load_image_encoder(p, "dinov2"), device)
         self.scheduler = _ddpm(make_scheduler("ddpm"))
-        self.model = load_checkpoint(cfg.init, expect="refine") if cfg.init else demo.build_refine()
+        if cfg.init and inspect_checkpoint(cfg.init).stage == "inpaint":
+            self.model = refine_from_inpaint(load_checkpoint(cfg.init, expect="inpaint"))
+        else:
+            self.model = load_checkpoint(cfg.init, expect="refine") if cfg.init else demo.build_refine()
         self.model.requires_grad_(True)
 
     FRESH = (10**6, 10**7)  # the pair indices --degrade draws from: far past any stage-2 output set
@@ -445,6 +548,49 @@ class RefineStage(Stage):
 
     def export(self, model, path, dtype=None):
         return save_checkpoint(model, path, dtype=dtype, extra={"pcdms.size": json.dumps(list(self.cfg.size))})
+
+
+def _unet_like(unet, **changes):
+    """A UNet of ``unet``'s config with ``changes``, holding every weight of ``unet`` whose name and shape fit."""
+    config = dict(unet.config, **changes)
+    new = _compat.UNet2DConditionModel(**_compat.accepted_kwargs(_compat.UNet2DConditionModel, config))
+    weights, mine = unet.state_dict(), new.state_dict()
+    for key, value in mine.items():
+        if key in weights and weights[key].shape == value.shape:
+            mine[key] = weights[key].clone()
+    new.load_state_dict(mine)
+    return new
+
+
+def inpaint_as_variant(model: InpaintModel, variant: str) -> InpaintModel:
+    """A stage-2 model of the other variant that starts from this one's weights: the demo variant from a paper
+    model drops the class embedding (the prior's embedding); the paper variant from a demo model gains one whose
+    output layer starts at zero, so that it first behaves as the demo model did. Same UNet, pose encoder and
+    projector otherwise."""
+    if model.variant == variant:
+        return model
+    if variant == "paper":
+        unet = _unet_like(model.unet, class_embed_type="projection",
+                          projection_class_embeddings_input_dim=model.unet.config.cross_attention_dim)
+        torch.nn.init.zeros_(unet.class_embedding.linear_2.weight)
+        torch.nn.init.zeros_(unet.class_embedding.linear_2.bias)
+    else:
+        unet = _unet_like(model.unet, class_embed_type=None, projection_class_embeddings_input_dim=None)
+    return InpaintModel(unet, copy.deepcopy(model.pose_proj), copy.deepcopy(model.image_proj), variant)
+
+
+def refine_from_inpaint(inpaint: InpaintModel) -> RefineModel:
+    """A refining model that starts from a trained stage-2 model, as the official stage 3 starts from SD 2.1's UNet:
+    the same UNet (every weight whose shape matches) and image projector; conv_in's noisy-latent and
+    masked-source-latent input channels become the noisy-latent and coarse-latent ones (the mask channel is
+    dropped); a paper model's class embedding (the prior's embedding, which stage 3 does not take) is left out."""
+    latent = (inpaint.unet.config.in_channels - 1) // 2
+    unet = _unet_like(inpaint.unet, in_channels=2 * latent, class_embed_type=None,
+                      projection_class_embeddings_input_dim=None)
+    w = inpaint.unet.conv_in.weight.detach()
+    with torch.no_grad():
+        unet.conv_in.weight.copy_(torch.cat([w[:, :latent], w[:, latent + 1:2 * latent + 1]], dim=1))
+    return RefineModel(unet, copy.deepcopy(inpaint.image_proj))
 
 
 STAGES = {"vae": VaeStage, "prior": PriorStage, "inpaint": InpaintStage, "refine": RefineStage}
@@ -526,7 +672,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    # several processes on a machine without CUDA (torchrun --nproc_per_node N on a CPU): accelerate's CPU
+    # data-parallel mode, which it otherwise only enters when told (ACCELERATE_USE_CPU)
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=several and not torch.cuda.is_available())
     stage = STAGES[cfg.stage](cfg, acc.device)
     data = _data(cfg)
     params = [p for p in stage.model.parameters() if p.requires_grad]
@@ -546,14 +695,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     rank, world = acc.process_index, acc.num_processes
     t0 = time.time()
     for step in bar:
-        if hasattr(stage, "indices"):
-            indices = stage.indices(step, cfg.batch_size, rank, world)
-        else:
-            first = (step * world + rank) * cfg.batch_size
-            indices = list(range(first, first + cfg.batch_size))
-        batch = data.batch(indices)
+        indices = stage.indices(step, cfg.batch_size, rank, world)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * world + rank)
-        loss = stage.loss(model, batch, gen)
+        loss = stage.step_loss(model, data, indices, gen)
         acc.backward(loss)
         acc.clip_grad_norm_(params, cfg.hyper("grad_clip"))
         opt.step()

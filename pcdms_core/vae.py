@@ -82,8 +82,21 @@ def encode(vae, pixels: torch.Tensor, generator: Optional[torch.Generator] = Non
     With ``sample=True`` (the official behaviour) the posterior noise is one ``randn`` of the latents' shape
     from ``generator``, drawn in fp32 on the generator's device; ``sample=False`` takes the posterior mean.
     """
+    return sample_posterior(vae, *encode_posterior(vae, pixels), generator, sample=sample)
+
+
+@torch.no_grad()
+def encode_posterior(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The posterior's mean and standard deviation (unscaled) for ``[B, 3, H, W]`` in [-1, 1]: ``encode``
+    without its random draw, so that it can be kept and sampled again (``sample_posterior``)."""
     codec = as_codec(vae)
-    mean, std = posterior(codec.moments(pixels.to(device=codec.device, dtype=codec.dtype)))
+    return posterior(codec.moments(pixels.to(device=codec.device, dtype=codec.dtype)))
+
+
+def sample_posterior(vae, mean: torch.Tensor, std: torch.Tensor, generator: Optional[torch.Generator] = None,
+                     *, sample: bool = True) -> torch.Tensor:
+    """Scaled latents from a posterior of ``encode_posterior``, drawn as ``encode`` draws them."""
+    codec = as_codec(vae)
     z = mean
     if sample:
         z = z + std * randn(z.shape, generator, codec.device, z.dtype)

@@ -101,6 +101,139 @@ def test_inpaint_training_runs_and_exports(tmp_path, frozen):
     assert json.loads((tmp_path / "s2" / "train_config.json").read_text())["stage"] == "inpaint"
 
 
+def test_inpaint_pool_keeps_encodings_and_steps_as_on_fresh_pairs(tmp_path, frozen, monkeypatch):
+    from pcdms_core import vae as vae_ops
+    from pcdms_core.training import InpaintStage, _data
+
+    for variant in ("paper", "demo"):
+        cfg = TrainConfig(stage="inpaint", out=str(tmp_path / "x"), pool=10, variant=variant, drop_rate=0.5, **frozen)
+        stage, data = InpaintStage(cfg, "cpu"), _data(cfg)
+        torch.nn.init.normal_(stage.model.pose_proj.conv_out.weight, std=0.1)  # let the poses count
+        # two processes: each keeps its own half of the pool, visits all of it once per pass, in a new order
+        # each pass
+        for rank in (0, 1):
+            seen, again = stage.indices(0, 5, rank, 2), stage.indices(1, 5, rank, 2)
+            assert sorted(seen) == sorted(again) == list(range(rank, 10, 2)) and seen != again
+            assert stage.indices(0, 7, rank, 2) == seen + again[:2]  # a batch may run into the next pass
+        # a step on kept pairs is the step on those pairs freshly rendered: the same draws in the same order
+        # (posterior noise, condition dropout: a dropped image's encoding is the encoder's output for zeros)
+        indices = [3, 7, 3, 0, 9, 1]
+        with torch.no_grad():
+            fresh = [stage.loss(stage.model, data.batch(indices), torch.Generator().manual_seed(s)) for s in range(4)]
+            kept = [stage.step_loss(stage.model, data, indices, torch.Generator().manual_seed(s)) for s in range(4)]
+        assert sorted(stage._kept) == [0, 1, 3, 7, 9]
+        torch.testing.assert_close(torch.stack(kept), torch.stack(fresh), rtol=1e-5, atol=1e-6)
+        assert len(set(round(float(v), 6) for v in fresh)) == 4  # the seeds (and so the dropout) differ
+        # kept pairs are neither drawn nor encoded again
+        class NoData:
+            def batch(self, indices):
+                raise AssertionError(f"pairs {indices} drawn again")
+
+        def encoded_again(*args):
+            raise AssertionError("encoded again")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(vae_ops, "encode_posterior", encoded_again)
+            patch.setattr(stage, "dino", encoded_again)
+            patch.setattr(stage, "clip", encoded_again if stage.clip is not None else None)
+            with torch.no_grad():
+                again = stage.step_loss(stage.model, NoData(), [9, 0, 3], torch.Generator().manual_seed(0))
+        assert torch.isfinite(again)
+    path = train(TrainConfig(stage="inpaint", out=str(tmp_path / "s2"), steps=3, batch_size=2, pool=4, save_every=10,
+                             **frozen), progress=False)
+    assert load_checkpoint(path, expect="inpaint").variant == "paper"
+    for bad, match in ((dict(stage="refine", pool=8), "inpainting only"), (dict(stage="inpaint", pool=-1), "number of pairs")):
+        with pytest.raises(Exception, match=match):
+            TrainConfig(out=str(tmp_path / "x"), **bad)
+    with pytest.raises(Exception, match="smaller than the 2 training processes"):
+        InpaintStage(TrainConfig(stage="inpaint", out=str(tmp_path / "x"), pool=1, **frozen), "cpu").indices(0, 2, 0, 2)
+
+
+def test_stage_2_can_start_from_the_other_variant():
+    from pcdms_core.training import inpaint_as_variant
+
+    torch.manual_seed(2)
+    paper = demo.build_inpaint("paper")
+    as_demo = inpaint_as_variant(paper, "demo")
+    assert as_demo.variant == "demo" and as_demo.unet.class_embedding is None
+    theirs = paper.state_dict()
+    for name, value in as_demo.state_dict().items():
+        torch.testing.assert_close(value, theirs[name.replace("image_proj_model.", "image_proj_model_p.")], rtol=0, atol=0)
+    # demo -> paper: a class embedding that adds nothing at first, so it starts as the demo model ran
+    torch.manual_seed(3)
+    small = demo.build_inpaint("demo")
+    torch.nn.init.normal_(small.pose_proj.conv_out.weight, std=0.05)
+    as_paper = inpaint_as_variant(small, "paper")
+    assert as_paper.variant == "paper" and as_paper.unet.class_embedding is not None
+    assert inpaint_as_variant(small, "demo") is small
+    x = torch.randn(2, 9, 16, 32)
+    tokens, emb = torch.randn(2, 5, demo.TOKEN_DIM), torch.randn(2, demo.EMBED_DIM)
+    poses = torch.rand(2, 3, 64, 128) * 2 - 1
+    with torch.no_grad():
+        before = small(x, torch.tensor([10, 900]), small.context(tokens), small.pose_proj(poses), None)
+        # the embedding given to the class embedding changes nothing yet (the prior's token in the context will)
+        after = as_paper(x, torch.tensor([10, 900]), small.context(tokens), as_paper.pose_proj(poses), emb)
+        other = as_paper(x, torch.tensor([10, 900]), small.context(tokens), as_paper.pose_proj(poses), -3 * emb)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    torch.testing.assert_close(other, before, rtol=0, atol=0)
+    assert as_paper.context(tokens, emb).shape[1] == tokens.shape[1] + 1
+
+
+def test_training_in_two_processes_on_a_cpu(tmp_path, frozen):
+    """torchrun --nproc_per_node 2 on a machine without CUDA: data-parallel on the CPU, each process with its own
+    share of the pool, one model and one set of checkpoints."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    env.pop("ACCELERATE_USE_CPU", None)
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "pcdms_core", "train", "inpaint", "--out", str(out), "--steps", "3", "--batch-size", "2",
+           "--pool", "6", "--save-every", "2", "--vae", frozen["vae"], "--clip", frozen["clip"], "--dino", frozen["dino"]]
+    run = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [r["step"] for r in losses(out)] == [0, 2]  # first and last step, logged once, by the main process
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2", "step_3"]
+    assert load_checkpoint(out / "inpaint.safetensors", expect="inpaint").variant == "paper"
+    # two processes ran: accelerate saved each one's random state
+    assert sorted(p.name for p in (out / "checkpoints" / "step_3").glob("random_states_*")) == [
+        "random_states_0.pkl", "random_states_1.pkl"]
+
+
+def test_refining_can_start_from_a_stage_2_model(tmp_path, frozen):
+    from pcdms_core.training import refine_from_inpaint
+
+    for variant in ("paper", "demo"):
+        torch.manual_seed(1)
+        inpaint = demo.build_inpaint(variant)
+        refine = refine_from_inpaint(inpaint)
+        assert refine.unet.config.in_channels == 8 and refine.unet.class_embedding is None
+        weights = inpaint.state_dict()
+        for name, value in refine.unet.state_dict().items():
+            if name == "conv_in.weight":  # noisy latents, then the coarse latents where stage 2 had the source's
+                w = weights["unet.conv_in.weight"]
+                torch.testing.assert_close(value, torch.cat([w[:, :4], w[:, 5:9]], 1), rtol=0, atol=0)
+            else:
+                torch.testing.assert_close(value, weights["unet." + name], rtol=0, atol=0)
+        for name, value in refine.image_proj.state_dict().items():
+            torch.testing.assert_close(value, inpaint.image_proj.state_dict()[name], rtol=0, atol=0)
+    # through train(): --init with a stage-2 file starts refining from it
+    from pcdms_core.checkpoints import save_checkpoint
+
+    save_checkpoint(inpaint, tmp_path / "s2.safetensors")
+    cached = torch.randint(0, 256, (3, 3, *demo.SIZE[::-1]), dtype=torch.uint8)
+    torch.save({"images": cached}, tmp_path / "coarse.pt")
+    cfg = TrainConfig(stage="refine", out=str(tmp_path / "s3"), steps=1, batch_size=2, lr=1e-12, save_every=10,
+                      coarse=str(tmp_path / "coarse.pt"), init=str(tmp_path / "s2.safetensors"), **frozen)
+    trained = load_checkpoint(train(cfg, progress=False), expect="refine")
+    torch.testing.assert_close(trained.unet.up_blocks[0].resnets[0].conv1.weight,
+                               inpaint.unet.up_blocks[0].resnets[0].conv1.weight.half().float(), rtol=0, atol=1e-3)
+
+
 def test_refine_training_on_stage2_outputs_with_augmentation(tmp_path, frozen):
     from pcdms_core.training import make_coarse
 
@@ -136,6 +269,9 @@ def test_refine_training_with_made_up_coarse_images_mixes_in_fresh_pairs(tmp_pat
     plain = RefineStage(dataclasses.replace(cfg, degrade=0.0), "cpu").indices(0, 16, 0, 1)
     mixed = stage.indices(0, 16, 0, 1)
     assert max(plain) < 3 and all(j == i for i, j in zip(plain, mixed) if j < 3) and max(mixed) >= 3
+    torch.save({"images": cached, "seed": 3}, tmp_path / "coarse3.pt")
+    with pytest.raises(Exception, match="seed 3, but this run draws the pairs of seed 0: train with --seed 3"):
+        RefineStage(dataclasses.replace(cfg, coarse=str(tmp_path / "coarse3.pt")), "cpu")
     for bad, match in ((dict(stage="inpaint", degrade=0.5), "refining only"),
                        (dict(stage="refine", degrade=1.5), "between 0 and 1"),
                        (dict(stage="refine", degrade=0.5, data="deepfashion"), "--data synthetic")):
