@@ -191,7 +191,7 @@ def test_training_in_two_processes_on_a_cpu(tmp_path, frozen):
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     env.pop("ACCELERATE_USE_CPU", None)
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "pcdms_core", "train", "inpaint", "--out", str(out), "--steps", "3", "--batch-size", "2",
            "--pool", "6", "--save-every", "2", "--vae", frozen["vae"], "--clip", frozen["clip"], "--dino", frozen["dino"]]
     run = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
