@@ -303,17 +303,33 @@ class Stage:
         raise NotImplementedError
 
 
+class _VaePass(torch.nn.Module):
+    """A VAE's training pass (encode, draw from the posterior, decode) as one ``forward``, so that data-parallel
+    training runs it through DDP's forward, which syncs the gradients (calling ``encode`` / ``decode`` on the
+    wrapped model would not)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, gen: torch.Generator):
+        dist = self.vae.encode(x).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen).to(x)
+        return self.vae.decode(z).sample, dist.kl()
+
+
 class VaeStage(Stage):
     name = "vae"
 
     def __init__(self, cfg: TrainConfig, device):
         self.cfg, self.device = cfg, device
-        self.model = vae_ops.load_vae(cfg.init) if cfg.init else demo.build_vae()
+        vae = vae_ops.load_vae(cfg.init) if cfg.init else demo.build_vae()
         if cfg.decoder_only:
             # the encoder, and so the latent space the UNets were trained in, stays as it is
-            self.model.requires_grad_(False)
-            self.model.decoder.requires_grad_(True)
-            self.model.post_quant_conv.requires_grad_(True)
+            vae.requires_grad_(False)
+            vae.decoder.requires_grad_(True)
+            vae.post_quant_conv.requires_grad_(True)
+        self.model = _VaePass(vae)
 
     CROP = 64  # the VAE is convolutional: random 64 x 64 crops train it four times faster per image
 
@@ -324,16 +340,15 @@ class VaeStage(Stage):
             ys = torch.randint(0, (x.shape[-2] - c) // 4 + 1, (x.shape[0],), generator=gen) * 4
             xs = torch.randint(0, (x.shape[-1] - c) // 4 + 1, (x.shape[0],), generator=gen) * 4
             x = torch.stack([img[:, y:y + c, x0:x0 + c] for img, y, x0 in zip(x, ys.tolist(), xs.tolist())])
-        dist = model.encode(x).latent_dist
-        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen).to(x)
-        rec = model.decode(z).sample
-        kl = dist.kl().mean() / x[0].numel()
+        rec, kl = model(x, gen)
+        kl = kl.mean() / x[0].numel()
         return F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
 
     @torch.no_grad()
     def export(self, model, path, dtype=None):
         """Also sets ``scaling_factor`` so the latents have unit variance (SD uses 0.18215 for the same), unless
         only the decoder was trained: then the latents, and their scale, are the initial VAE's."""
+        model = model.vae
         if self.cfg.decoder_only:
             return vae_ops.save_vae(model, path, dtype)
         data = SyntheticData(12345, demo.SIZE)

@@ -202,6 +202,12 @@ def test_training_in_two_processes_on_a_cpu(tmp_path, frozen):
     # two processes ran: accelerate saved each one's random state
     assert sorted(p.name for p in (out / "checkpoints" / "step_3").glob("random_states_*")) == [
         "random_states_0.pkl", "random_states_1.pkl"]
+    # the VAE too: its pass (encode, draw, decode) runs through the data-parallel wrapper's forward
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pcdms_core",
+           "train", "vae", "--out", str(tmp_path / "vae"), "--steps", "2", "--batch-size", "1", "--save-every", "10"]
+    run = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert load_vae(tmp_path / "vae" / "vae.safetensors").config.latent_channels == demo.build_vae().config.latent_channels
 
 
 def test_refining_can_start_from_a_stage_2_model(tmp_path, frozen):
