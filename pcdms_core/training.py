@@ -216,16 +216,19 @@ def _frozen(path: Optional[str], kind: str, loader: Callable, device):
 
 # --- the stages' losses ---------------------------------------------------------------------------------------------
 
+def _kept_rows(x: torch.Tensor, rate: float, gen: torch.Generator) -> torch.Tensor:
+    """Condition dropout's draw: which samples of ``x`` keep their condition (probability 1 - ``rate``)."""
+    return (torch.rand(x.shape[0], generator=gen) >= rate).to(x.device).view(-1, *([1] * (x.ndim - 1)))
+
+
 def _drop(x: torch.Tensor, rate: float, gen: torch.Generator) -> torch.Tensor:
     """Zero whole samples with probability ``rate`` (condition dropout)."""
-    keep = (torch.rand(x.shape[0], generator=gen) >= rate).to(x.dtype).to(x.device)
-    return x * keep.view(-1, *([1] * (x.ndim - 1)))
+    return x * _kept_rows(x, rate, gen).to(x.dtype)
 
 
 def _drop_to(x: torch.Tensor, dropped: torch.Tensor, rate: float, gen: torch.Generator) -> torch.Tensor:
     """``_drop`` for encodings: the same draw, and a dropped sample becomes ``dropped`` (the encoding of zeros)."""
-    keep = (torch.rand(x.shape[0], generator=gen) >= rate).to(x.device).view(-1, *([1] * (x.ndim - 1)))
-    return torch.where(keep, x, dropped.to(x))
+    return torch.where(_kept_rows(x, rate, gen), x, dropped.to(x))
 
 
 def _noisy(scheduler, x0: torch.Tensor, gen: torch.Generator, offset: float):
@@ -415,18 +418,19 @@ class InpaintStage(Stage):
         self._order: tuple = (None, [])  # --pool: (pass, process) and that pass's order of the process's share
 
     def loss(self, model, batch, gen):
-        cfg = self.cfg
+        return self._loss_from(model, self.encodings(batch), gen)
+
+    def _loss_from(self, model, enc: dict, gen):
+        """The step from a batch's frozen encodings: posterior draws, condition dropout (a dropped image's
+        encoding is the encoder's output for zeros), then the denoising loss."""
         with torch.no_grad():
-            canvas = im.side_by_side(batch.source, batch.target)
-            masked = im.side_by_side(batch.source, torch.zeros_like(batch.target))
-            x0 = vae_ops.encode(self.vae, im.to_model_range(canvas), gen)
-            masked_lat = vae_ops.encode(self.vae, im.to_model_range(masked), gen)
-            tokens = self.dino(_drop(preprocess(batch.source, cfg.size), cfg.drop_rate, gen).to(self.device))
+            x0 = vae_ops.sample_posterior(self.vae, enc["canvas_mean"], enc["canvas_std"], gen)
+            masked_lat = vae_ops.sample_posterior(self.vae, enc["masked_mean"], enc["masked_std"], gen)
+            tokens = _drop_to(enc["tokens"], self._dropped["tokens"], self.cfg.drop_rate, gen)
             emb = None
             if self.clip is not None:
-                emb = self.clip(_drop(preprocess(batch.target, cfg.size), cfg.drop_rate, gen).to(self.device))
-        poses = im.side_by_side(batch.source_skeleton, batch.target_skeleton)
-        return self._denoising_loss(model, x0, masked_lat, tokens, emb, poses, gen)
+                emb = _drop_to(enc["emb"], self._dropped["emb"], self.cfg.drop_rate, gen)
+        return self._denoising_loss(model, x0, masked_lat, tokens, emb, enc["poses"], gen)
 
     def _denoising_loss(self, model, x0, masked_lat, tokens, emb, poses, gen):
         inner = getattr(model, "module", model)
@@ -471,6 +475,9 @@ class InpaintStage(Stage):
         out["tokens"] = self.dino(preprocess(batch.source, size).to(self.device))
         if self.clip is not None:
             out["emb"] = self.clip(preprocess(batch.target, size).to(self.device))
+        if self._dropped is None:  # the encoders' outputs for a dropped (zeroed) image, once
+            zeros = torch.zeros_like(preprocess(batch.source[:1], size)).to(self.device)
+            self._dropped = {"tokens": self.dino(zeros)[0], "emb": self.clip(zeros)[0] if self.clip is not None else None}
         out["poses"] = im.side_by_side(batch.source_skeleton, batch.target_skeleton)
         return out
 
@@ -480,24 +487,10 @@ class InpaintStage(Stage):
         kept = self._kept
         new = [i for i in dict.fromkeys(indices) if i not in kept]
         if new:
-            batch = data.batch(new)
-            enc = self.encodings(batch)
+            enc = self.encodings(data.batch(new))
             for row, i in enumerate(new):
                 kept[i] = {k: v[row].clone() for k, v in enc.items()}
-            if self._dropped is None:
-                with torch.no_grad():
-                    zeros = torch.zeros_like(preprocess(batch.source[:1], self.cfg.size)).to(self.device)
-                    self._dropped = {"tokens": self.dino(zeros)[0],
-                                     "emb": self.clip(zeros)[0] if self.clip is not None else None}
-        rows = {k: torch.stack([kept[i][k] for i in indices]) for k in kept[indices[0]]}
-        with torch.no_grad():
-            x0 = vae_ops.sample_posterior(self.vae, rows["canvas_mean"], rows["canvas_std"], gen)
-            masked_lat = vae_ops.sample_posterior(self.vae, rows["masked_mean"], rows["masked_std"], gen)
-            tokens = _drop_to(rows["tokens"], self._dropped["tokens"], self.cfg.drop_rate, gen)
-            emb = None
-            if self.clip is not None:
-                emb = _drop_to(rows["emb"], self._dropped["emb"], self.cfg.drop_rate, gen)
-        return self._denoising_loss(model, x0, masked_lat, tokens, emb, rows["poses"], gen)
+        return self._loss_from(model, {k: torch.stack([kept[i][k] for i in indices]) for k in kept[indices[0]]}, gen)
 
     def export(self, model, path, dtype=None):
         return save_checkpoint(model, path, dtype=dtype, extra={"pcdms.size": json.dumps(list(self.cfg.size))})
