@@ -101,8 +101,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="refining: this share of each batch (0-1) takes fresh synthetic pairs whose coarse image is "
                         "the target made worse the ways stage 2 makes it (off by default)")
     t.add_argument("--pool", type=int, default=0, metavar="N",
-                   help="inpainting: draw the pairs from the first N (shuffled each pass) and keep their frozen "
-                        "encodings instead of drawing fresh pairs every step (faster; 0, the default, is fresh pairs)")
+                   help="inpainting, VAE: draw the pairs from the first N (shuffled each pass) and keep their frozen "
+                        "encodings (VAE: their renderings) instead of drawing fresh pairs every step (faster; 0, the "
+                        "default, is fresh pairs)")
     t.add_argument("--decoder-only", action="store_true",
                    help="VAE: fine-tune only the decoder of the --init VAE, so models trained on its latents still fit")
     t.add_argument("--save-every", type=int, default=250)

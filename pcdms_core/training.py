@@ -21,8 +21,8 @@ like the official batch test on train_data.json): ``make_coarse`` writes them on
 
 Data: the synthetic set (``synthetic.SyntheticPairs``) or a DeepFashion-style folder (``DeepFashionPairs``:
 the official pairs list, images and ``normalized_pose_txt`` keypoint files). By default every step draws fresh
-pairs; ``pool`` (inpainting) draws them from a fixed pool instead and keeps each pair's frozen encodings, which
-at the demo size are half the cost of a step.
+pairs; ``pool`` (inpainting, the VAE) draws them from a fixed pool instead and keeps each pair's frozen encodings
+(at the demo size half the cost of a stage-2 step) or, for the VAE, its rendering (a third of a step).
 
 Warm starts: ``init`` continues from a checkpoint of the same stage; for refining it may also be a stage-2
 checkpoint (``refine_from_inpaint``), and for inpainting one of the other variant (``inpaint_as_variant``), as
@@ -161,7 +161,8 @@ class TrainConfig:
     augment: bool = False  # refining: flip and reorder colours of (source, coarse, target) together (see _joint_augment)
     degrade: float = 0.0  # refining: the share of each batch from fresh pairs, coarse image made up (degrade_target)
     decoder_only: bool = False  # VAE: train only the decoder of --init's VAE, keeping its latent space
-    pool: int = 0  # inpainting: > 0 draws pairs from the first `pool` pairs and keeps their frozen encodings (see InpaintStage)
+    pool: int = 0  # inpainting, VAE: > 0 draws pairs from the first `pool` pairs and keeps their frozen encodings
+    # (InpaintStage) or renderings (VaeStage)
     drop_rate: float = 0.1
     noise_offset: float = 0.1
     save_every: int = 250
@@ -184,8 +185,8 @@ class TrainConfig:
         if self.degrade and self.data != "synthetic":
             raise InputError("--degrade draws fresh synthetic pairs (it needs their body masks and poses): "
                              "use --data synthetic")
-        if self.pool and self.stage != "inpaint":
-            raise InputError("--pool is for inpainting only")
+        if self.pool and self.stage not in ("inpaint", "vae"):
+            raise InputError("--pool is for inpainting and the VAE only")
         if self.pool < 0:
             raise InputError(f"--pool is a number of pairs (0 for fresh pairs every step), got {self.pool}")
         if self.decoder_only and self.stage != "vae":
@@ -295,9 +296,36 @@ class Stage:
         raise NotImplementedError
 
     def indices(self, step: int, batch_size: int, rank: int, world: int) -> list[int]:
-        """The pairs of a step: fresh ones, each process its own."""
-        first = (step * world + rank) * batch_size
-        return list(range(first, first + batch_size))
+        """The pairs of a step, each process its own: fresh ones, or with ``--pool N`` ones from the first N pairs
+        (each process its own share of them, in a new order each pass through it)."""
+        pool = self.cfg.pool
+        if not pool:
+            first = (step * world + rank) * batch_size
+            return list(range(first, first + batch_size))
+        if pool < world:
+            raise InputError(f"--pool {pool} is smaller than the {world} training processes: each needs pairs")
+        shard = range(rank, pool, world)
+        out = []
+        for position in range(step * batch_size, (step + 1) * batch_size):
+            epoch, k = divmod(position, len(shard))
+            if self._order[0] != (epoch, rank):
+                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_033 + epoch * 7919 + rank)
+                self._order = ((epoch, rank), torch.randperm(len(shard), generator=g).tolist())
+            out.append(shard[self._order[1][k]])
+        return out
+
+    _order: tuple = (None, [])  # --pool: (pass, process) and that pass's order of the process's share
+
+    def _keep(self, data, indices: list[int], compute) -> dict:
+        """--pool: what ``compute(batch)`` gives (a dict of per-pair tensors) for each pair of ``indices``, computed
+        once per pair and kept; stacked in the order of ``indices``."""
+        kept = self._kept
+        new = [i for i in dict.fromkeys(indices) if i not in kept]
+        if new:
+            out = compute(data.batch(new))
+            for row, i in enumerate(new):
+                kept[i] = {k: v[row].clone() for k, v in out.items()}
+        return {k: torch.stack([kept[i][k] for i in indices]) for k in kept[indices[0]]}
 
     def step_loss(self, model, data, indices: list[int], gen: torch.Generator) -> torch.Tensor:
         return self.loss(model, data.batch(indices), gen)
@@ -327,17 +355,28 @@ class VaeStage(Stage):
     def __init__(self, cfg: TrainConfig, device):
         self.cfg, self.device = cfg, device
         vae = vae_ops.load_vae(cfg.init) if cfg.init else demo.build_vae()
+        # a loaded VAE comes frozen: train all of it, or (--decoder-only) the decoder alone
+        vae.requires_grad_(not cfg.decoder_only)
         if cfg.decoder_only:
             # the encoder, and so the latent space the UNets were trained in, stays as it is
-            vae.requires_grad_(False)
             vae.decoder.requires_grad_(True)
             vae.post_quant_conv.requires_grad_(True)
         self.model = _VaePass(vae)
+        self._kept: dict[int, dict] = {}  # --pool: each kept pair's rendering (source, target)
 
     CROP = 64  # the VAE is convolutional: random 64 x 64 crops train it four times faster per image
 
     def loss(self, model, batch, gen):
-        x = im.to_model_range(torch.cat([batch.source, batch.target])).to(self.device)
+        return self._loss_from(model, batch.source, batch.target, gen)
+
+    def step_loss(self, model, data, indices, gen):
+        if not self.cfg.pool:  # --pool: each pair's rendering is kept
+            return super().step_loss(model, data, indices, gen)
+        kept = self._keep(data, indices, lambda b: {"source": b.source, "target": b.target})
+        return self._loss_from(model, kept["source"], kept["target"], gen)
+
+    def _loss_from(self, model, source, target, gen):
+        x = im.to_model_range(torch.cat([source, target])).to(self.device)
         c = self.CROP
         if x.shape[-1] > c and x.shape[-2] > c:
             ys = torch.randint(0, (x.shape[-2] - c) // 4 + 1, (x.shape[0],), generator=gen) * 4
@@ -415,7 +454,6 @@ class InpaintStage(Stage):
         self.model.requires_grad_(True)
         self._kept: dict[int, dict] = {}  # --pool: each kept pair's encodings
         self._dropped: Optional[dict] = None  # --pool: the encoders' outputs for a dropped (zeroed) image
-        self._order: tuple = (None, [])  # --pool: (pass, process) and that pass's order of the process's share
 
     def loss(self, model, batch, gen):
         return self._loss_from(model, self.encodings(batch), gen)
@@ -448,21 +486,6 @@ class InpaintStage(Stage):
     # a dropped image's encoding being the encoder's output for zeros), so a step on a kept pair equals a step on
     # the same pair freshly rendered.
 
-    def indices(self, step, batch_size, rank, world):
-        if not self.cfg.pool:
-            return super().indices(step, batch_size, rank, world)
-        if self.cfg.pool < world:
-            raise InputError(f"--pool {self.cfg.pool} is smaller than the {world} training processes: each needs pairs")
-        shard = range(rank, self.cfg.pool, world)  # each process keeps its own share of the pool
-        out = []
-        for position in range(step * batch_size, (step + 1) * batch_size):
-            epoch, k = divmod(position, len(shard))
-            if self._order[0] != (epoch, rank):
-                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_033 + epoch * 7919 + rank)
-                self._order = ((epoch, rank), torch.randperm(len(shard), generator=g).tolist())
-            out.append(shard[self._order[1][k]])
-        return out
-
     @torch.no_grad()
     def encodings(self, batch: Batch) -> dict:
         """A batch's frozen encodings, per pair (no random draws)."""
@@ -484,13 +507,7 @@ class InpaintStage(Stage):
     def step_loss(self, model, data, indices, gen):
         if not self.cfg.pool:
             return super().step_loss(model, data, indices, gen)
-        kept = self._kept
-        new = [i for i in dict.fromkeys(indices) if i not in kept]
-        if new:
-            enc = self.encodings(data.batch(new))
-            for row, i in enumerate(new):
-                kept[i] = {k: v[row].clone() for k, v in enc.items()}
-        return self._loss_from(model, {k: torch.stack([kept[i][k] for i in indices]) for k in kept[indices[0]]}, gen)
+        return self._loss_from(model, self._keep(data, indices, self.encodings), gen)
 
     def export(self, model, path, dtype=None):
         return save_checkpoint(model, path, dtype=dtype, extra={"pcdms.size": json.dumps(list(self.cfg.size))})

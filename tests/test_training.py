@@ -142,7 +142,7 @@ def test_inpaint_pool_keeps_encodings_and_steps_as_on_fresh_pairs(tmp_path, froz
     path = train(TrainConfig(stage="inpaint", out=str(tmp_path / "s2"), steps=3, batch_size=2, pool=4, save_every=10,
                              **frozen), progress=False)
     assert load_checkpoint(path, expect="inpaint").variant == "paper"
-    for bad, match in ((dict(stage="refine", pool=8), "inpainting only"), (dict(stage="inpaint", pool=-1), "number of pairs")):
+    for bad, match in ((dict(stage="refine", pool=8), "inpainting and the VAE only"), (dict(stage="inpaint", pool=-1), "number of pairs")):
         with pytest.raises(Exception, match=match):
             TrainConfig(out=str(tmp_path / "x"), **bad)
     with pytest.raises(Exception, match="smaller than the 2 training processes"):
@@ -204,7 +204,8 @@ def test_training_in_two_processes_on_a_cpu(tmp_path, frozen):
         "random_states_0.pkl", "random_states_1.pkl"]
     # the VAE too: its pass (encode, draw, decode) runs through the data-parallel wrapper's forward
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pcdms_core",
-           "train", "vae", "--out", str(tmp_path / "vae"), "--steps", "2", "--batch-size", "1", "--save-every", "10"]
+           "train", "vae", "--out", str(tmp_path / "vae"), "--steps", "2", "--batch-size", "1", "--save-every", "10",
+           "--pool", "4"]
     run = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert load_vae(tmp_path / "vae" / "vae.safetensors").config.latent_channels == demo.build_vae().config.latent_channels
@@ -314,6 +315,41 @@ def test_vae_decoder_only_training_keeps_the_latent_space(tmp_path, frozen):
         train(TrainConfig(stage="vae", out=str(tmp_path / "w"), steps=1, decoder_only=True), progress=False)
     with pytest.raises(Exception, match="VAE only"):
         TrainConfig(stage="prior", out=str(tmp_path / "x"), decoder_only=True)
+
+
+def test_vae_training_from_a_file_and_from_a_pool(tmp_path, frozen):
+    from pcdms_core.training import VaeStage, _data
+
+    # a VAE given with --init comes frozen from its file: all of it trains (the decoder alone with --decoder-only)
+    full = VaeStage(TrainConfig(stage="vae", out=str(tmp_path / "x"), init=frozen["vae"]), "cpu")
+    assert all(p.requires_grad for p in full.model.parameters())
+    cfg = TrainConfig(stage="vae", out=str(tmp_path / "x"), init=frozen["vae"], decoder_only=True)
+    trained = [n for n, p in VaeStage(cfg, "cpu").model.named_parameters() if p.requires_grad]
+    assert trained and all(n.startswith(("vae.decoder.", "vae.post_quant_conv.")) for n in trained)
+    # --pool: each pair's rendering is kept; a step on kept pairs is the step on them freshly rendered (same crops,
+    # same posterior draws)
+    cfg = TrainConfig(stage="vae", out=str(tmp_path / "x"), pool=8, size=(80, 72))
+    stage, data = VaeStage(cfg, "cpu"), _data(cfg)
+    indices = [5, 2, 5, 7]
+    with torch.no_grad():
+        fresh = [stage.loss(stage.model, data.batch(indices), torch.Generator().manual_seed(s)) for s in range(3)]
+        kept = [stage.step_loss(stage.model, data, indices, torch.Generator().manual_seed(s)) for s in range(3)]
+    assert sorted(stage._kept) == [2, 5, 7]
+    torch.testing.assert_close(torch.stack(kept), torch.stack(fresh), rtol=1e-5, atol=1e-7)
+    assert len(set(round(float(v), 7) for v in fresh)) == 3  # the seeds (crops, posterior draws) differ
+
+    class NoData:
+        def batch(self, indices):
+            raise AssertionError(f"pairs {indices} drawn again")
+
+    with torch.no_grad():
+        assert torch.isfinite(stage.step_loss(stage.model, NoData(), [7, 2], torch.Generator().manual_seed(0)))
+    assert sorted(stage.indices(0, 4, 1, 2) + stage.indices(1, 4, 1, 2)) == [1, 1, 3, 3, 5, 5, 7, 7]
+    # a run from a pool, continuing from a VAE file (its encoder changes too)
+    init = load_vae(frozen["vae"])
+    tuned = load_vae(train(TrainConfig(stage="vae", out=str(tmp_path / "v"), steps=2, batch_size=2, lr=1e-3, pool=3,
+                                       init=frozen["vae"], save_every=10), progress=False))
+    assert not torch.equal(init.encoder.conv_in.weight, tuned.encoder.conv_in.weight.float())
 
 
 def test_make_coarse_with_the_prior_gives_stage_2_the_predicted_embedding(tmp_path, frozen):
