@@ -22,7 +22,8 @@ like the official batch test on train_data.json): ``make_coarse`` writes them on
 Data: the synthetic set (``synthetic.SyntheticPairs``) or a DeepFashion-style folder (``DeepFashionPairs``:
 the official pairs list, images and ``normalized_pose_txt`` keypoint files). By default every step draws fresh
 pairs; ``pool`` (inpainting, the VAE) draws them from a fixed pool instead and keeps each pair's frozen encodings
-(at the demo size half the cost of a stage-2 step) or, for the VAE, its rendering (a third of a step).
+(at the demo size half the cost of a stage-2 step) or, for the VAE, its rendering (about 5% of a VAE step at
+64 x 64).
 
 Warm starts: ``init`` continues from a checkpoint of the same stage; for refining it may also be a stage-2
 checkpoint (``refine_from_inpaint``), and for inpainting one of the other variant (``inpaint_as_variant``), as
