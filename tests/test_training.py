@@ -101,6 +101,13 @@ def test_inpaint_training_runs_and_exports(tmp_path, frozen):
     assert json.loads((tmp_path / "s2" / "train_config.json").read_text())["stage"] == "inpaint"
 
 
+class NoData:
+    """Data for --pool tests whose pairs are all kept already: drawing one again fails the test."""
+
+    def batch(self, indices):
+        raise AssertionError(f"pairs {indices} drawn again")
+
+
 def test_inpaint_pool_keeps_encodings_and_steps_as_on_fresh_pairs(tmp_path, frozen, monkeypatch):
     from pcdms_core import vae as vae_ops
     from pcdms_core.training import InpaintStage, _data
@@ -125,10 +132,6 @@ def test_inpaint_pool_keeps_encodings_and_steps_as_on_fresh_pairs(tmp_path, froz
         torch.testing.assert_close(torch.stack(kept), torch.stack(fresh), rtol=1e-5, atol=1e-6)
         assert len(set(round(float(v), 6) for v in fresh)) == 4  # the seeds (and so the dropout) differ
         # kept pairs are neither drawn nor encoded again
-        class NoData:
-            def batch(self, indices):
-                raise AssertionError(f"pairs {indices} drawn again")
-
         def encoded_again(*args):
             raise AssertionError("encoded again")
 
@@ -337,12 +340,7 @@ def test_vae_training_from_a_file_and_from_a_pool(tmp_path, frozen):
     assert sorted(stage._kept) == [2, 5, 7]
     torch.testing.assert_close(torch.stack(kept), torch.stack(fresh), rtol=1e-5, atol=1e-7)
     assert len(set(round(float(v), 7) for v in fresh)) == 3  # the seeds (crops, posterior draws) differ
-
-    class NoData:
-        def batch(self, indices):
-            raise AssertionError(f"pairs {indices} drawn again")
-
-    with torch.no_grad():
+    with torch.no_grad():  # kept pairs are not drawn again
         assert torch.isfinite(stage.step_loss(stage.model, NoData(), [7, 2], torch.Generator().manual_seed(0)))
     assert sorted(stage.indices(0, 4, 1, 2) + stage.indices(1, 4, 1, 2)) == [1, 1, 3, 3, 5, 5, 7, 7]
     # a run from a pool, continuing from a VAE file (its encoder changes too)
