@@ -12,11 +12,6 @@ be an image (for example a DWPose rendering).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
-import gc
-import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
@@ -27,6 +22,7 @@ from .checkpoints import load_checkpoint
 from .encoders import ImageEncoder, load_image_encoder
 from .errors import InputError
 from .inpaint import InpaintModel, decode_canvas, encode_canvas, sample_inpaint
+from .memory import release_memory
 from .pose import Pose, pose_vector, render_pose
 from .prior import PriorTransformer, sample_prior
 from .refine import RefineModel, encode_coarse, sample_refine
@@ -303,32 +299,3 @@ class PCDMsPipeline:
 
 def _seed_of(settings: StageSettings, seed: SeedLike) -> SeedLike:
     return seed if settings.seed is None else settings.seed
-
-def release_memory() -> None:
-    """Collect dropped objects, then hand freed heap memory back to the system.
-
-    glibc keeps freed blocks below its (self-raising) mmap threshold inside the heap, so after a model of
-    many mid-sized tensors is freed the process can stay gigabytes larger than what it holds, and the next
-    stage's model lands on top: measured at the official sizes, CLIP's 2.4 GB stayed resident after ``del``
-    until ``malloc_trim``. Elsewhere (macOS, Windows, musl) only the collection runs.
-    """
-    gc.collect()
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.lru_cache(maxsize=None)
-def _malloc_trim():
-    """glibc's ``malloc_trim``, or None where there is none."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-    fn = getattr(libc, "malloc_trim", None)
-    if fn is not None:
-        fn.argtypes = [ctypes.c_size_t]
-        fn.restype = ctypes.c_int
-    return fn

@@ -23,6 +23,7 @@ import torch
 
 from . import _compat
 from .errors import InputError
+from .memory import reuse_freed_memory
 
 # The noise schedule the SD 2.1-base UNet (stages 2 and 3) was trained with.
 SD21_BASE_BETAS: dict[str, Any] = dict(
@@ -206,24 +207,26 @@ def denoise(
     use_cfg = guidance_scale > 1.0
     timesteps = scheduler.timesteps[start:]
     total = len(timesteps)
-    for i, t in enumerate(timesteps):
-        x = scheduler.scale_model_input(latents, t)
-        out = predict(torch.cat([x, x]) if use_cfg else x, t)
-        if use_cfg:
-            uncond, cond = out.chunk(2)
-            guided = uncond + guidance_scale * (cond - uncond)
-            if guidance_rescale > 0.0:
-                guided = rescale_guidance(guided, cond, guidance_rescale)
-        else:
-            guided = out
-        prev_t = timesteps[i + 1] if i + 1 < total else None
-        step_out = _compat.scheduler_step(scheduler, guided, t, latents, generator=generator, prev_timestep=prev_t)
-        if callback is not None:
-            denoised = _predicted_clean(scheduler, step_out, guided, latents, t)
-            latents = step_out.prev_sample
-            callback(StepInfo(step=i, total=total, timestep=int(t), latents=latents, denoised=denoised))
-        else:
-            latents = step_out.prev_sample
+    # on CPU each step's activations reuse the memory the previous step freed (same numbers, no page faults)
+    with reuse_freed_memory(latents.device.type == "cpu"):
+        for i, t in enumerate(timesteps):
+            x = scheduler.scale_model_input(latents, t)
+            out = predict(torch.cat([x, x]) if use_cfg else x, t)
+            if use_cfg:
+                uncond, cond = out.chunk(2)
+                guided = uncond + guidance_scale * (cond - uncond)
+                if guidance_rescale > 0.0:
+                    guided = rescale_guidance(guided, cond, guidance_rescale)
+            else:
+                guided = out
+            prev_t = timesteps[i + 1] if i + 1 < total else None
+            step_out = _compat.scheduler_step(scheduler, guided, t, latents, generator=generator, prev_timestep=prev_t)
+            if callback is not None:
+                denoised = _predicted_clean(scheduler, step_out, guided, latents, t)
+                latents = step_out.prev_sample
+                callback(StepInfo(step=i, total=total, timestep=int(t), latents=latents, denoised=denoised))
+            else:
+                latents = step_out.prev_sample
     return latents
 
 

@@ -15,6 +15,7 @@ import torch
 
 from . import _compat
 from .errors import CheckpointError
+from .memory import reuse_freed_memory
 from .sampling import model_device_dtype, randn
 from .weights import WeightFile, folder_weight_file, open_weights, read_json, strict_load
 
@@ -90,7 +91,8 @@ def encode_posterior(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     """The posterior's mean and standard deviation (unscaled) for ``[B, 3, H, W]`` in [-1, 1]: ``encode``
     without its random draw, so that it can be kept and sampled again (``sample_posterior``)."""
     codec = as_codec(vae)
-    return posterior(codec.moments(pixels.to(device=codec.device, dtype=codec.dtype)))
+    with reuse_freed_memory(torch.device(codec.device).type == "cpu"):
+        return posterior(codec.moments(pixels.to(device=codec.device, dtype=codec.dtype)))
 
 
 def sample_posterior(vae, mean: torch.Tensor, std: torch.Tensor, generator: Optional[torch.Generator] = None,
@@ -107,7 +109,8 @@ def sample_posterior(vae, mean: torch.Tensor, std: torch.Tensor, generator: Opti
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents to images ``[B, 3, H, W]`` in [0, 1] (float32, not yet rounded to 8 bits)."""
     codec = as_codec(vae)
-    image = codec.decode(latents.to(device=codec.device, dtype=codec.dtype) / codec.scaling_factor)
+    with reuse_freed_memory(torch.device(codec.device).type == "cpu"):
+        image = codec.decode(latents.to(device=codec.device, dtype=codec.dtype) / codec.scaling_factor)
     return (image.float() / 2 + 0.5).clamp(0, 1)
 
 
