@@ -75,6 +75,16 @@ def _random_fill(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return seeded_init(module, seed)
 
 
+def _cache(size: str) -> tuple[dict[str, Path], bool]:
+    """The benchmark's model files for ``size``, and whether they are all there."""
+    folder = CACHE / size
+    files = {k: folder / n for k, n in [("prior", "s1.pt"), ("inpaint", "s2_paper.pt"), ("refine", "s3.pt"),
+                                         ("clip", "clip.safetensors"), ("dino", "dino.safetensors"), ("vae", "vae.safetensors")]}
+    complete = all(f.with_suffix(".safetensors").exists() for f in files.values()) and (
+        size == "tiny" or all(f.exists() for f in files.values()))
+    return files, complete
+
+
 def make_models(size: str) -> dict[str, Path]:
     """The benchmark's model files (generated once): official layouts, fp16 like the released files."""
     from pcdms_core import demo
@@ -88,13 +98,10 @@ def make_models(size: str) -> dict[str, Path]:
     from pcdms_core.vit import ClipVision, Dinov2
     from pcdms_core import _compat
 
-    folder = CACHE / size
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {k: folder / n for k, n in [("prior", "s1.pt"), ("inpaint", "s2_paper.pt"), ("refine", "s3.pt"),
-                                         ("clip", "clip.safetensors"), ("dino", "dino.safetensors"), ("vae", "vae.safetensors")]}
-    if all(f.with_suffix(".safetensors").exists() for f in files.values()) and (
-            size == "tiny" or all(f.exists() for f in files.values())):
+    files, complete = _cache(size)
+    if complete:
         return files
+    (CACHE / size).mkdir(parents=True, exist_ok=True)
 
     def deepspeed(model, path):
         if size == "tiny":  # non-official sizes need their config: our .safetensors carries it, a .pt does not
@@ -136,9 +143,11 @@ def _model_files(size: str) -> dict[str, Path]:
     """The model files, generated first in a child process when missing: building the official-size models takes
     about 20 GB, and a process's peak RSS is inherited across fork and exec, so every measurement made from a
     parent that had built them would report that peak (and the page cache they evicted would slow the loads)."""
-    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench; bench.make_models({size!r})"
-    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    return make_models(size)
+    files, complete = _cache(size)
+    if not complete:
+        _subprocess(f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench; "
+                    f"bench.make_models({size!r}); print('{{}}')")
+    return files
 
 
 # --- measurements ------------------------------------------------------------------------------------------------
@@ -274,6 +283,13 @@ def bench_components(files: dict, dtype: str, device: str, size: str, steps: int
 
         # Each stage: the time per step inside a real sampling run, next to a bare diffusers network of the same
         # config, dtype and shapes (random weights) called the same way at the CFG batch.
+        def time_bare(stage: str, shape: list, forward) -> None:
+            """A bare forward, and on CPU the same under the host-memory reuse our sampling loop runs under."""
+            rows[f"{stage} bare diffusers UNet forward {shape}"] = {"seconds": timed(forward, repeat=2)}
+            if device == "cpu":
+                with reuse_freed_memory():
+                    rows[f"{stage} bare diffusers UNet forward, freed memory reused"] = {"seconds": timed(forward, repeat=2)}
+
         def bare_unet(model):
             cfg = dict(model.unet.config)
             net = _compat.UNet2DConditionModel(**_compat.accepted_kwargs(_compat.UNet2DConditionModel, cfg))
@@ -289,12 +305,7 @@ def bench_components(files: dict, dtype: str, device: str, size: str, steps: int
         ctx = torch.randn(2, tokens.shape[1] + 1, bare.config.cross_attention_dim, generator=gen).to(device=device, dtype=dt)
         x = torch.randn(2, 9, lat, 2 * lat, generator=gen).to(device=device, dtype=dt)
         labels = ctx[:, -1] if bare.config.class_embed_type == "projection" else None
-        rows[f"stage 2 bare diffusers UNet forward {list(x.shape)}"] = {
-            "seconds": timed(lambda: bare(x, t, encoder_hidden_states=ctx, class_labels=labels).sample, repeat=2)}
-        if device == "cpu":  # the bare network with the host-memory reuse our sampling loop runs under
-            with reuse_freed_memory():
-                rows["stage 2 bare diffusers UNet forward, freed memory reused"] = {
-                    "seconds": timed(lambda: bare(x, t, encoder_hidden_states=ctx, class_labels=labels).sample, repeat=2)}
+        time_bare("stage 2", list(x.shape), lambda: bare(x, t, encoder_hidden_states=ctx, class_labels=labels).sample)
         if device == "cpu" or dtype != "fp32":  # does channels_last win here?
             bare = bare.to(memory_format=torch.channels_last)
             xc = x.contiguous(memory_format=torch.channels_last)
@@ -309,12 +320,7 @@ def bench_components(files: dict, dtype: str, device: str, size: str, steps: int
         bare = bare_unet(model)
         x3 = torch.randn(2, 8, lat, lat, generator=gen).to(device=device, dtype=dt)
         ctx3 = ctx[:, : tokens.shape[1]]
-        rows[f"stage 3 bare diffusers UNet forward {list(x3.shape)}"] = {
-            "seconds": timed(lambda: bare(x3, t, encoder_hidden_states=ctx3).sample, repeat=2)}
-        if device == "cpu":
-            with reuse_freed_memory():
-                rows["stage 3 bare diffusers UNet forward, freed memory reused"] = {
-                    "seconds": timed(lambda: bare(x3, t, encoder_hidden_states=ctx3).sample, repeat=2)}
+        time_bare("stage 3", list(x3.shape), lambda: bare(x3, t, encoder_hidden_states=ctx3).sample)
         del model, bare, vae
         gc.collect()
 
