@@ -14,6 +14,12 @@ Two glibc behaviours cost time or memory at the official sizes, measured on a 2-
   apart), so a stage holds somewhat more while it runs: stage 2 alone peaked at 5.06 GiB against 4.88 GiB, the
   three stages in a row at 5.24 against 5.21, for 8% less time end to end.
 
+``malloc_trim`` hands back the top of the heap by moving the program break down, which it cannot do once the heap
+has stopped being contiguous (glibc carries on in mapped memory when another mapping sits just above the break,
+which happens in long-lived processes): then the top, which can be a whole stage's activations after a reuse
+block, would stay resident. ``_trim`` releases its pages in place in that case (``madvise``, as glibc itself
+does for free blocks inside the heap).
+
 Elsewhere (macOS, Windows, musl, or ``PCDMS_REUSE_MEMORY=0``) the collection runs and nothing else changes.
 """
 
@@ -36,6 +42,10 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _RESTORE = ((_M_MMAP_MAX, 65536), (_M_MMAP_THRESHOLD, 32 * 2**20), (_M_TRIM_THRESHOLD, 64 * 2**20))
 _KEEP = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))  # no mmap for large blocks; -1: never trim
 
+_MADV_DONTNEED = 4
+_PAGE = 4096
+_TOP_LEFT = 2**20  # a heap top smaller than this after trimming is left as it is
+
 _lock = threading.Lock()
 _depth = 0
 
@@ -55,7 +65,54 @@ def _libc() -> Optional[ctypes.CDLL]:
     libc.malloc_trim.restype = ctypes.c_int
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.mallopt.restype = ctypes.c_int
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.free.restype = None
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.madvise.restype = ctypes.c_int
+    if hasattr(libc, "mallinfo2"):  # glibc 2.33 and later; before it the top stays as malloc_trim leaves it
+        libc.mallinfo2.argtypes = []
+        libc.mallinfo2.restype = _Mallinfo2
     return libc
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _heap_top() -> int:
+    """Size in bytes of the free block at the top of the main heap (glibc's ``keepcost``); 0 when unknown."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return 0
+    return int(libc.mallinfo2().keepcost)
+
+
+def _trim(kept: bool) -> None:
+    """``malloc_trim``, then, if the heap's top block is still large (the heap is not contiguous, so the break
+    could not move), take that block with mapping turned off, drop its pages and free it again: the address
+    space stays with the heap, the memory goes back to the system and is zero-filled if used again. ``kept``:
+    whether mapping is already off (inside a reuse block)."""
+    libc = _libc()
+    libc.malloc_trim(0)
+    top = _heap_top()
+    if top < _TOP_LEFT:
+        return
+    if not kept:  # a large request could be mapped instead of taking the top
+        _mallopt(_KEEP)
+    try:
+        block = libc.malloc(top - _PAGE)  # a chunk header and the top's minimum size must stay free
+        if block:
+            start = (block + _PAGE - 1) // _PAGE * _PAGE
+            end = (block + top - _PAGE) // _PAGE * _PAGE - _PAGE  # the next block's header stays untouched
+            if end > start:
+                libc.madvise(start, end - start, _MADV_DONTNEED)
+            libc.free(block)
+    finally:
+        if not kept:
+            _mallopt(_RESTORE)
 
 
 def _mallopt(settings) -> bool:
@@ -69,9 +126,9 @@ def _mallopt(settings) -> bool:
 def release_memory() -> None:
     """Collect dropped objects, then hand freed heap memory back to the system (glibc's ``malloc_trim``)."""
     gc.collect()
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    if _libc() is not None:
+        with _lock:
+            _trim(kept=_depth > 0)
 
 
 def reuse_enabled() -> bool:
@@ -102,5 +159,5 @@ def reuse_freed_memory(active: bool = True) -> Iterator[bool]:
             with _lock:
                 _depth -= 1
                 if _depth == 0:
+                    _trim(kept=True)
                     _mallopt(_RESTORE)
-                    _libc().malloc_trim(0)

@@ -1,6 +1,16 @@
-"""Host memory policy (pcdms_core.memory): freed memory is reused within a block, handed back after it."""
+"""Host memory policy (pcdms_core.memory): freed memory is reused within a block, handed back after it.
 
-import resource
+Page faults and resident memory depend on the whole history of the process's heap, so the measurements run in a
+fresh interpreter each, once with a normal heap and once with a heap that cannot grow in place (a mapping put just
+above the program break before anything is allocated, as happens in long-lived processes): glibc then carries on
+in mapped memory and ``malloc_trim`` can no longer hand the heap's top back by itself.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,51 +19,145 @@ from pcdms_core import memory
 from pcdms_core.sampling import denoise
 
 glibc = pytest.mark.skipif(memory._libc() is None, reason="needs glibc (Linux): elsewhere the policy does nothing")
+mallinfo2 = pytest.mark.skipif(
+    memory._libc() is None or not hasattr(memory._libc(), "mallinfo2"), reason="needs glibc 2.33 or later")
 
+ROOT = Path(__file__).resolve().parents[1]
 MB64 = 16 * 2**20  # floats: a 64 MiB block, above glibc's largest mmap threshold (32 MiB)
+PAGES = MB64 * 4 // 4096
 
+_CHILD = r"""
+import ctypes, json, resource, sys
 
-def _faults_of_second_allocation() -> int:
-    """Minor page faults taken by filling a 64 MiB block allocated just after an equal one was freed, once the
-    heap has settled: the first rounds of a fresh heap take new memory while glibc's per-thread cache holds the
-    few small remainders of each aligned allocation (seven per size), which keep the freed blocks apart."""
-    for _ in range(10):
-        x = torch.ones(MB64)
-        del x
+out = {"blocked": False}
+if sys.argv[1] == "blocked":
+    libc = ctypes.CDLL(None)
+    libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_long]
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    want = (libc.sbrk(0) + 16 * 4096) // 4096 * 4096
+    got = libc.mmap(want, 4096, 3, 0x22 | 0x100000, -1, 0)  # PROT_READ|WRITE, MAP_PRIVATE|ANONYMOUS|FIXED_NOREPLACE
+    out["blocked"] = got == want
+
+import torch
+from pcdms_core import memory
+
+MB64 = 16 * 2**20
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.restype, libc.free.argtypes = None, [ctypes.c_void_p]
+libc.mallinfo2.restype, libc.mallinfo2.argtypes = Mallinfo2, []
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+def faults(alloc):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    x = torch.ones(MB64)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    x = alloc()
+    n = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     del x
-    return faults
+    return n
+
+def one():
+    return faults(lambda: torch.ones(MB64))
+
+def mapped():
+    # whether a request larger than anything free in the heap is given its own mapping (the usual policy) or
+    # taken by growing the heap (inside the block); nothing is touched, so nothing becomes resident
+    before = libc.mallinfo2()
+    block = libc.malloc(before.arena + before.hblkhd + 2**27)
+    grew = libc.mallinfo2().hblks > before.hblks
+    libc.free(block)
+    return grew
+
+def settled():
+    # a fresh heap takes new memory for its first rounds while glibc's per-thread cache holds the few small
+    # remainders of each aligned allocation (seven per size), which keep the freed blocks apart; a heap that
+    # cannot grow in place settles after about nine
+    for _ in range(20):
+        one()
+    return one()
+
+out["default"], out["mapped_default"] = settled(), mapped()
+with memory.reuse_freed_memory() as on:
+    out["on"] = on
+    out["mapped_inside"] = mapped()
+    out["inside"] = settled()
+    out["top_inside"] = libc.mallinfo2().keepcost  # size of the free block at the heap's top
+    out["rss_inside"] = rss()
+out["depth"] = memory._depth
+out["rss_after"] = rss()
+out["first_after"] = one()
+out["mapped_after"] = mapped()
+
+try:
+    with memory.reuse_freed_memory():
+        with memory.reuse_freed_memory() as inner:
+            out["inner"], out["depth_inner"] = inner, memory._depth
+            settled()
+            raise RuntimeError("inner")
+except RuntimeError:
+    out["raised"] = True
+out["depth_after_raise"] = memory._depth
+out["first_after_raise"] = one()
+out["mapped_after_raise"] = mapped()
+
+# between stages: many blocks below the mapping threshold grow the heap; freed, they must go back to the system
+held = [torch.ones(2 * 2**20) for _ in range(24)]  # 24 x 8 MiB
+out["rss_held"] = rss()
+del held
+memory.release_memory()
+out["rss_released"] = rss()
+print(json.dumps(out))
+"""
+
+
+def _measure(heap: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PCDMS_REUSE_MEMORY="1")
+    done = subprocess.run([sys.executable, "-c", _CHILD, heap], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@mallinfo2
+@pytest.mark.parametrize("heap", ["normal", "blocked"])
+def test_freed_memory_is_reused_inside_the_block_and_handed_back_after(heap):
+    m = _measure(heap)
+    if heap == "blocked" and not m["blocked"]:
+        pytest.skip("could not place a mapping above the program break (kernel without MAP_FIXED_NOREPLACE)")
+    assert m["default"] > PAGES // 2 and m["mapped_default"]  # by default a large block is a fresh mapping
+    assert m["on"] and m["inside"] < PAGES // 20  # inside, the freed block is reused: no new pages
+    assert not m["mapped_inside"]
+    if heap == "blocked":  # the case this heap is for: what the block kept is the heap's top
+        assert m["top_inside"] >= MB64 * 4, m
+    assert m["depth"] == 0 and m["mapped_after"]  # the usual policy is back
+    # on leaving, the kept memory goes back to the system: resident size falls, new pages are faulted in again
+    assert m["rss_inside"] - m["rss_after"] > 0.75 * MB64 * 4, m
+    assert m["first_after"] > PAGES // 2
+    # nested blocks with an exception inside: counted down, and the memory is handed back on the way out
+    assert m["inner"] and m["depth_inner"] == 2 and m["raised"] and m["depth_after_raise"] == 0
+    assert m["first_after_raise"] > PAGES // 2 and m["mapped_after_raise"]
+    # release_memory between stages hands back what freed blocks below the mapping threshold left in the heap
+    assert m["rss_held"] - m["rss_released"] > 0.75 * 24 * 8 * 2**20, m
 
 
 @glibc
-def test_freed_memory_is_reused_inside_the_block_and_handed_back_after():
-    pages = MB64 * 4 // 4096
-    assert _faults_of_second_allocation() > pages // 2  # by default a large block is a fresh mapping each time
-    with memory.reuse_freed_memory() as on:
-        assert on
-        assert _faults_of_second_allocation() < pages // 20  # the freed block is reused: no new pages
-    assert memory._depth == 0
-    assert _faults_of_second_allocation() > pages // 2  # the usual policy is back
-
-
-@glibc
-def test_nesting_an_exception_and_the_switches(monkeypatch):
-    pages = MB64 * 4 // 4096
-    with pytest.raises(RuntimeError, match="inner"):
-        with memory.reuse_freed_memory():
-            with memory.reuse_freed_memory() as inner:
-                assert inner and memory._depth == 2
-                raise RuntimeError("inner")
-    assert memory._depth == 0
-    assert _faults_of_second_allocation() > pages // 2
+def test_the_switches(monkeypatch):
     with memory.reuse_freed_memory(active=False) as on:  # e.g. the work runs on a GPU
         assert not on and memory._depth == 0
     monkeypatch.setenv("PCDMS_REUSE_MEMORY", "0")
     with memory.reuse_freed_memory() as on:
-        assert not on
-        assert _faults_of_second_allocation() > pages // 2
+        assert not on and memory._depth == 0
+    monkeypatch.setenv("PCDMS_REUSE_MEMORY", "1")
+    with memory.reuse_freed_memory() as on:
+        assert on and memory._depth == 1
+    assert memory._depth == 0
 
 
 def test_sampling_gives_the_same_numbers_with_and_without_reuse(monkeypatch):
