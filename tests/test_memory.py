@@ -27,7 +27,7 @@ MB64 = 16 * 2**20  # floats: a 64 MiB block, above glibc's largest mmap threshol
 PAGES = MB64 * 4 // 4096
 
 _CHILD = r"""
-import ctypes, json, resource, sys
+import ctypes, json, resource, sys, threading
 
 out = {"blocked": False}
 if sys.argv[1] == "blocked":
@@ -64,8 +64,8 @@ def faults(alloc):
     del x
     return n
 
-def one():
-    return faults(lambda: torch.ones(MB64))
+def one(n=MB64):
+    return faults(lambda: torch.ones(n))
 
 def mapped():
     # whether a request larger than anything free in the heap is given its own mapping (the usual policy) or
@@ -76,13 +76,13 @@ def mapped():
     libc.free(block)
     return grew
 
-def settled():
+def settled(n=MB64):
     # a fresh heap takes new memory for its first rounds while glibc's per-thread cache holds the few small
     # remainders of each aligned allocation (seven per size), which keep the freed blocks apart; a heap that
     # cannot grow in place settles after about nine
     for _ in range(20):
-        one()
-    return one()
+        one(n)
+    return one(n)
 
 out["default"], out["mapped_default"] = settled(), mapped()
 with memory.reuse_freed_memory() as on:
@@ -107,6 +107,16 @@ except RuntimeError:
 out["depth_after_raise"] = memory._depth
 out["first_after_raise"] = one()
 out["mapped_after_raise"] = mapped()
+
+# on a worker thread (where ComfyUI runs nodes) glibc uses the thread's own arena, made of heaps of at most
+# 64 MiB: a 32 MiB block is reused inside the block there too (a 64 MiB one is mapped afresh whatever the settings)
+def on_thread():
+    with memory.reuse_freed_memory():
+        out["thread_inside"] = settled(MB64 // 2)
+    out["thread_after"] = one(MB64 // 2)
+worker = threading.Thread(target=on_thread)
+worker.start()
+worker.join()
 
 # between stages: many blocks below the mapping threshold grow the heap; freed, they must go back to the system
 held = [torch.ones(2 * 2**20) for _ in range(24)]  # 24 x 8 MiB
@@ -143,6 +153,7 @@ def test_freed_memory_is_reused_inside_the_block_and_handed_back_after(heap):
     # nested blocks with an exception inside: counted down, and the memory is handed back on the way out
     assert m["inner"] and m["depth_inner"] == 2 and m["raised"] and m["depth_after_raise"] == 0
     assert m["first_after_raise"] > PAGES // 2 and m["mapped_after_raise"]
+    assert m["thread_inside"] < PAGES // 40 and m["thread_after"] > PAGES // 4  # a 32 MiB block on a worker thread
     # release_memory between stages hands back what freed blocks below the mapping threshold left in the heap
     assert m["rss_held"] - m["rss_released"] > 0.75 * 24 * 8 * 2**20, m
 
