@@ -95,29 +95,23 @@ def _heap_top() -> int:
     return int(libc.mallinfo2().keepcost)
 
 
-def _trim(kept: bool) -> None:
-    """``malloc_trim``, then, if the heap's top block is still large (the heap is not contiguous, so the break
-    could not move), take that block with mapping turned off, drop its pages and free it again: the address
-    space stays with the heap, the memory goes back to the system and is zero-filled if used again. ``kept``:
-    whether mapping is already off (inside a reuse block)."""
+def _trim() -> None:
+    """``malloc_trim``, then, if the main heap's top block is still large (the heap is not contiguous, so the break
+    could not move), take that block, drop its pages and free it again: the address space stays with the heap,
+    the memory goes back to the system and is zero-filled if used again."""
     libc = _libc()
     libc.malloc_trim(0)
     top = _heap_top()
-    if top < _TOP_LEFT:
-        return
-    if not kept:  # a large request could be mapped instead of taking the top
-        _mallopt(_KEEP)
-    try:
-        block = libc.malloc(top - _PAGE)  # a chunk header and the top's minimum size must stay free
-        if block:
-            start = (block + _PAGE - 1) // _PAGE * _PAGE
-            end = (block + top - _PAGE) // _PAGE * _PAGE - _PAGE  # the next block's header stays untouched
-            if end > start:
-                libc.madvise(start, end - start, _MADV_DONTNEED)
-            libc.free(block)
-    finally:
-        if not kept:
-            _mallopt(_RESTORE)
+    if top < _TOP_LEFT or threading.current_thread() is not threading.main_thread():
+        return  # other threads allocate from arenas of their own: the main heap's top is not theirs to take
+    # a request this size is served from the top itself (or a free block at least as large), never mapped
+    block = libc.malloc(top - _PAGE)  # a chunk header and the top's minimum size must stay free
+    if block:
+        start = (block + _PAGE - 1) // _PAGE * _PAGE
+        end = (block + top - _PAGE) // _PAGE * _PAGE - _PAGE  # the next block's header stays untouched
+        if end > start:
+            libc.madvise(start, end - start, _MADV_DONTNEED)
+        libc.free(block)
 
 
 def _mallopt(settings) -> bool:
@@ -133,7 +127,7 @@ def release_memory() -> None:
     gc.collect()
     if _libc() is not None:
         with _lock:
-            _trim(kept=_depth > 0)
+            _trim()
 
 
 def reuse_enabled() -> bool:
@@ -164,5 +158,5 @@ def reuse_freed_memory(active: bool = True) -> Iterator[bool]:
             with _lock:
                 _depth -= 1
                 if _depth == 0:
-                    _trim(kept=True)
+                    _trim()
                     _mallopt(_RESTORE)
