@@ -64,9 +64,18 @@ def faults_of(fn) -> int:
 def on_worker_thread(fn):
     """``fn()`` run on a new thread, as ComfyUI runs nodes: glibc gives such a thread an arena of its own."""
     out = {}
-    worker = threading.Thread(target=lambda: out.update(value=fn()))
+
+    def body():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # raised again on the calling thread
+            out["error"] = e
+
+    worker = threading.Thread(target=body)
     worker.start()
     worker.join()
+    if "error" in out:
+        raise out["error"]
     return out["value"]
 
 
