@@ -87,21 +87,14 @@ class _Mallinfo2(ctypes.Structure):
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
-def _heap_top() -> int:
-    """Size in bytes of the free block at the top of the main heap (glibc's ``keepcost``); 0 when unknown."""
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mallinfo2"):
-        return 0
-    return int(libc.mallinfo2().keepcost)
-
-
 def _trim() -> None:
     """``malloc_trim``, then, if the main heap's top block is still large (the heap is not contiguous, so the break
     could not move), take that block, drop its pages and free it again: the address space stays with the heap,
     the memory goes back to the system and is zero-filled if used again."""
     libc = _libc()
     libc.malloc_trim(0)
-    top = _heap_top()
+    # the free block at the top of the main heap (glibc's keepcost); unknown before glibc 2.33
+    top = int(libc.mallinfo2().keepcost) if hasattr(libc, "mallinfo2") else 0
     if top < _TOP_LEFT or threading.current_thread() is not threading.main_thread():
         return  # other threads allocate from arenas of their own: the main heap's top is not theirs to take
     # a request this size is served from the top itself (or a free block at least as large), never mapped
