@@ -309,14 +309,19 @@ def bench_components(files: dict, dtype: str, device: str, size: str, steps: int
 
         # Each stage: the time per step inside a real sampling run, next to a bare diffusers network of the same
         # config, dtype and shapes (random weights) called the same way at the CFG batch.
+        def timed_row(forward) -> dict:
+            """``timed``'s best of two, with the page faults of the last timed call (no extra forward)."""
+            faults = []
+            seconds = timed(lambda: faults.append(faults_of(forward)), repeat=2)
+            return {"seconds": seconds, "page_faults": faults[-1]}
+
         def time_bare(stage: str, shape: list, forward) -> None:
             """A bare forward, and on CPU the same under the host-memory reuse our sampling loop runs under."""
-            rows[f"{stage} bare diffusers UNet forward {shape}"] = {"seconds": timed(forward, repeat=2),
-                                                                  "page_faults": faults_of(forward)}
+            rows[f"{stage} bare diffusers UNet forward {shape}"] = timed_row(forward)
             if device == "cpu":
                 def reused():
                     with reuse_freed_memory():
-                        return {"seconds": timed(forward, repeat=2), "page_faults": faults_of(forward)}
+                        return timed_row(forward)
 
                 rows[f"{stage} bare diffusers UNet forward, freed memory reused"] = reused()
                 # ComfyUI's worker thread: glibc maps blocks of 64 MiB and more afresh there whatever the settings
