@@ -25,6 +25,7 @@ from .weights import empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401  (re-exported)
 from diffusers.models.attention import BasicTransformerBlock  # noqa: F401
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps  # noqa: F401
+from diffusers.models.upsampling import Upsample2D  # noqa: F401
 from diffusers import (  # noqa: F401
     DDIMScheduler,
     DDPMScheduler,
@@ -45,14 +46,26 @@ def accepted_kwargs(cls: type, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_unet(config: dict[str, Any]) -> UNet2DConditionModel:
-    """A ``UNet2DConditionModel`` with meta parameters, from a diffusers-style config dict."""
+    """A ``UNet2DConditionModel`` with meta parameters, from a diffusers-style config dict (its upsamplers
+    folded for inference, see ``upsampling``)."""
     with empty_weights():
-        return UNet2DConditionModel(**accepted_kwargs(UNet2DConditionModel, config))
+        unet = UNet2DConditionModel(**accepted_kwargs(UNet2DConditionModel, config))
+    _fold(unet)
+    return unet
 
 
 def build_vae(config: dict[str, Any]) -> AutoencoderKL:
+    """An ``AutoencoderKL`` with meta parameters (decoder upsamplers folded for inference)."""
     with empty_weights():
-        return AutoencoderKL(**accepted_kwargs(AutoencoderKL, config))
+        vae = AutoencoderKL(**accepted_kwargs(AutoencoderKL, config))
+    _fold(vae)
+    return vae
+
+
+def _fold(model: torch.nn.Module) -> None:
+    from .upsampling import fold_upsamplers
+
+    fold_upsamplers(model)
 
 
 def transformer_block(dim: int, heads: int, head_dim: int, dropout: float) -> BasicTransformerBlock:
