@@ -24,6 +24,7 @@ from .weights import empty_weights
 # --- diffusers ---------------------------------------------------------------------------------------------
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401  (re-exported)
 from diffusers.models.attention import BasicTransformerBlock  # noqa: F401
+from diffusers.models.attention_processor import Attention  # noqa: F401
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps  # noqa: F401
 from diffusers.models.upsampling import Upsample2D  # noqa: F401
 from diffusers import (  # noqa: F401
@@ -46,11 +47,14 @@ def accepted_kwargs(cls: type, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_unet(config: dict[str, Any]) -> UNet2DConditionModel:
-    """A ``UNet2DConditionModel`` with meta parameters, from a diffusers-style config dict (its upsamplers
-    folded for inference, see ``upsampling``)."""
+    """A ``UNet2DConditionModel`` with meta parameters, from a diffusers-style config dict, with the inference
+    shortcuts that keep the numbers (``upsampling``, ``cross_attention``)."""
+    from .cross_attention import skip_zero_context
+
     with empty_weights():
         unet = UNet2DConditionModel(**accepted_kwargs(UNet2DConditionModel, config))
     _fold(unet)
+    skip_zero_context(unet)
     return unet
 
 
