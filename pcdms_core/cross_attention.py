@@ -9,7 +9,9 @@ with the bias (divided by the module's output factor, as the full computation do
 numbers bit for bit (zero times any finite weight is zero); the other rows are computed as a smaller batch,
 which, as any change of batch size does, can move them by float rounding (about 1e-7 relative).
 
-It saves about half of the cross-attention work of a guided step (about 2% of a step). Used for inference
+A guided cross-attention call then takes about half the time (2 CPU threads: 81 to 88 ms against 142 to 157
+ms at stage 2's 8192 tokens, 48 to 52 ms against 81 to 91 ms at stage 3's 4096): a few percent of a step,
+less than the run-to-run spread of whole steps on these machines. Used for inference
 on the CPU (gradients disabled, the module in eval mode) where the conditions above hold; anything else goes
 to the module's own processor. ``PCDMS_SKIP_ZERO_CONTEXT=0`` turns it off.
 """
