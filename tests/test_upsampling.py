@@ -83,7 +83,6 @@ def test_folding_a_unet_keeps_its_weights_and_its_outputs(monkeypatch):
         got = folded(x, t, encoder_hidden_states=ctx).sample
     assert len(calls) == n_up
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
-    assert not torch.equal(got, want)  # it did take the other path
 
     # gradients on: the original path, bit for bit (training is unchanged)
     calls.clear()
