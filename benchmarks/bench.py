@@ -18,7 +18,10 @@ It prints a table and writes JSON. Measured, per stage:
   guidance 2, as the reference figures), loading each stage when it is needed (``lazy=True``), with the peak
   memory of the whole run and of each stage alone (the pipeline's own stage methods, two steps each).
 
-Random weights are generated once into ``benchmarks/cache`` (about 9 GB for the official size).
+Random weights are generated once into ``benchmarks/cache`` (about 9 GB for the official size). The header and
+the JSON say which of the pipeline's switches were on (``PCDMS_REUSE_MEMORY``, ``PCDMS_FAST_UPSAMPLE``,
+``PCDMS_SKIP_ZERO_CONTEXT``; set one to 0 in the environment to measure without it). The bare floor rows
+are plain diffusers modules, which none of them touch (except the memory reuse, in the rows that say so).
 """
 
 from __future__ import annotations
@@ -454,7 +457,9 @@ def main() -> int:
         results.update(bench_components(files, args.dtype, args.device, args.size))
     if "e2e" in args.only:
         results.update(bench_end_to_end(files, args.dtype, args.device, args.size, args.threads))
-    print(f"\n{args.size} size, {args.dtype}, {args.device}, {args.threads} threads")
+    switches = {k: os.environ.get(k, "1") for k in ("PCDMS_REUSE_MEMORY", "PCDMS_FAST_UPSAMPLE", "PCDMS_SKIP_ZERO_CONTEXT")}
+    print(f"\n{args.size} size, {args.dtype}, {args.device}, {args.threads} threads; "
+          + ", ".join(f"{k}={v}" for k, v in switches.items()))
     print(f"{'measurement':58s} {'seconds':>10s} {'peak GiB':>9s}")
     for name, row in results.items():
         peak = f"{row['peak_gib']:.2f}" if "peak_gib" in row else ""
@@ -465,7 +470,8 @@ def main() -> int:
             print(f"{'  of which one ' + stage + ' step (median)':58s} {step:10.3f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "reference": REFERENCE}, indent=1))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "switches": switches, "results": results,
+                                                "reference": REFERENCE}, indent=1))
     return 0
 
 
