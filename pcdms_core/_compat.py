@@ -49,12 +49,9 @@ def accepted_kwargs(cls: type, config: dict[str, Any]) -> dict[str, Any]:
 def build_unet(config: dict[str, Any]) -> UNet2DConditionModel:
     """A ``UNet2DConditionModel`` with meta parameters, from a diffusers-style config dict, with the inference
     shortcuts that keep the numbers (``upsampling``, ``cross_attention``)."""
-    from .cross_attention import skip_zero_context
-
     with empty_weights():
         unet = UNet2DConditionModel(**accepted_kwargs(UNet2DConditionModel, config))
-    _fold(unet)
-    skip_zero_context(unet)
+    _add_shortcuts(unet)
     return unet
 
 
@@ -62,14 +59,17 @@ def build_vae(config: dict[str, Any]) -> AutoencoderKL:
     """An ``AutoencoderKL`` with meta parameters (decoder upsamplers folded for inference)."""
     with empty_weights():
         vae = AutoencoderKL(**accepted_kwargs(AutoencoderKL, config))
-    _fold(vae)
+    _add_shortcuts(vae)
     return vae
 
 
-def _fold(model: torch.nn.Module) -> None:
+def _add_shortcuts(model: torch.nn.Module) -> None:
+    # imported here: both modules take their diffusers classes from this one
+    from .cross_attention import skip_zero_context
     from .upsampling import fold_upsamplers
 
     fold_upsamplers(model)
+    skip_zero_context(model)  # a VAE has self-attention only: nothing changes there
 
 
 def transformer_block(dim: int, heads: int, head_dim: int, dropout: float) -> BasicTransformerBlock:
