@@ -61,6 +61,18 @@ def fill_random(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module.eval()
 
 
+def tiny_unet(name: str = "s3", seed: int = 5, **changes):
+    """A diffusers UNet of the parity set's ``name`` config (with ``changes``), filled by ``fill_random``, built
+    directly (not through the loaders, so none of their inference shortcuts); returns it and its config."""
+    import json
+
+    from pcdms_core import _compat
+
+    cfg = dict(json.loads(CONFIGS[name].read_text()), **changes)
+    unet = _compat.UNet2DConditionModel(**_compat.accepted_kwargs(_compat.UNet2DConditionModel, cfg))
+    return fill_random(unet, seed), cfg
+
+
 def save_deepspeed(path: Path, state_dict: dict, dtype: torch.dtype | None = None) -> Path:
     """Save ``state_dict`` the way the official DeepSpeed checkpoints are laid out (``"module"`` + bookkeeping)."""
     from collections import OrderedDict

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
@@ -11,12 +10,11 @@ import torch
 from pcdms_core import _compat
 from pcdms_core.cross_attention import ENV, ZeroContextSkipping, skip_zero_context
 
-from helpers import CONFIGS, fill_random
+from helpers import tiny_unet
 
 
-def _unets(**changes):
-    cfg = dict(json.loads(CONFIGS["s3"].read_text()), **changes)
-    plain = fill_random(_compat.UNet2DConditionModel(**_compat.accepted_kwargs(_compat.UNet2DConditionModel, cfg)), 5)
+def _unets():
+    plain, cfg = tiny_unet()
     return plain, copy.deepcopy(plain), cfg
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from pcdms_core import _compat
 from pcdms_core import vae as vae_ops
 from pcdms_core.upsampling import ENV, FoldedUpsample2D, fold_upsamplers, fold_weight, upsample_conv
 
-from helpers import CONFIGS, fill_random
+from helpers import fill_random, tiny_unet
 
 
 def direct(x, weight, bias):
@@ -50,14 +49,8 @@ def test_each_phase_of_the_folded_kernel_sums_the_taps_that_read_one_pixel():
             assert k[2 * a + b].tolist() == want
 
 
-def _tiny_unet():
-    cfg = json.loads(CONFIGS["s3"].read_text())
-    unet = _compat.UNet2DConditionModel(**_compat.accepted_kwargs(_compat.UNet2DConditionModel, cfg))
-    return fill_random(unet, 5), cfg
-
-
 def test_folding_a_unet_keeps_its_weights_and_its_outputs(monkeypatch):
-    plain, cfg = _tiny_unet()
+    plain, cfg = tiny_unet()
     folded = copy.deepcopy(plain)
     n_up = sum(type(m).__name__ == "Upsample2D" for m in plain.modules())
     assert n_up > 0
