@@ -26,6 +26,7 @@ from torch import nn
 
 from . import images as im
 from .errors import CheckpointError
+from .precision import model_device_dtype
 from .vit import ClipVision, ClipVisionConfig, Dinov2, Dinov2Config
 from .weights import WeightFile, empty_weights, folder_weight_file, open_weights, read_json, strict_load
 
@@ -84,8 +85,8 @@ class ImageEncoder(nn.Module):
         return self.model.output_dim
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        p = next(self.model.parameters())
-        return self.model(pixel_values.to(device=p.device, dtype=p.dtype))
+        device, dtype = model_device_dtype(self.model)
+        return self.model(pixel_values.to(device=device, dtype=dtype))
 
     @torch.no_grad()
     def encode(self, images, stretch: Optional[tuple[int, int]] = (512, 512)) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 from . import _compat
 from .errors import InputError
 from .memory import reuse_freed_memory
+from .precision import model_device_dtype  # noqa: F401  (the samplers and the VAE take it from here)
 
 # The noise schedule the SD 2.1-base UNet (stages 2 and 3) was trained with.
 SD21_BASE_BETAS: dict[str, Any] = dict(
@@ -243,8 +244,3 @@ def check_steps(steps: int) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError(f"steps must be a positive integer, got {steps!r}")
     return steps
-
-
-def model_device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
-    p = next(module.parameters())
-    return p.device, p.dtype
