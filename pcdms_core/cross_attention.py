@@ -18,18 +18,17 @@ to the module's own processor. ``PCDMS_SKIP_ZERO_CONTEXT=0`` turns it off.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
 from ._compat import Attention
+from .switches import switch_on
 
 ENV = "PCDMS_SKIP_ZERO_CONTEXT"
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return switch_on(ENV)
 
 
 def _zero_context_gives_bias(attn: nn.Module) -> bool:

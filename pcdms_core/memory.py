@@ -35,10 +35,11 @@ import ctypes
 import ctypes.util
 import functools
 import gc
-import os
 import sys
 import threading
 from typing import Iterator, Optional
+
+from .switches import switch_on
 
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
@@ -124,7 +125,7 @@ def release_memory() -> None:
 
 
 def reuse_enabled() -> bool:
-    return _libc() is not None and os.environ.get("PCDMS_REUSE_MEMORY", "1") not in ("0", "false", "no")
+    return _libc() is not None and switch_on("PCDMS_REUSE_MEMORY")
 
 
 @contextlib.contextmanager

@@ -22,13 +22,12 @@ diffusers module); ``PCDMS_FAST_UPSAMPLE=0`` turns it off.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._compat import Upsample2D
+from .switches import switch_on
 
 ENV = "PCDMS_FAST_UPSAMPLE"
 _DTYPES = (torch.float32, torch.float64)
@@ -38,7 +37,7 @@ _PHASE_TAPS = (((1, 0, 0), (0, 1, 1)), ((1, 1, 0), (0, 0, 1)))
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return switch_on(ENV)
 
 
 def _fold_matrices(dtype, device) -> torch.Tensor:

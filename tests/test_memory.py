@@ -17,6 +17,7 @@ import torch
 
 from pcdms_core import memory
 from pcdms_core.sampling import denoise
+from pcdms_core.switches import SWITCHES, switch_on
 
 glibc = pytest.mark.skipif(memory._libc() is None, reason="needs glibc (Linux): elsewhere the policy does nothing")
 mallinfo2 = pytest.mark.skipif(
@@ -169,6 +170,20 @@ def test_the_switches(monkeypatch):
     with memory.reuse_freed_memory() as on:
         assert on and memory._depth == 1
     assert memory._depth == 0
+
+
+@pytest.mark.parametrize("name", sorted(SWITCHES))
+def test_every_switch_reads_the_same_off_words(monkeypatch, name):
+    for off in ("0", "false", " No ", "OFF"):
+        monkeypatch.setenv(name, off)
+        assert not switch_on(name), off
+    for on in ("1", "yes", "true"):
+        monkeypatch.setenv(name, on)
+        assert switch_on(name), on
+    monkeypatch.delenv(name)
+    assert switch_on(name)  # on unless turned off
+    with pytest.raises(KeyError, match="unknown switch"):
+        switch_on(name + "_TYPO")
 
 
 def test_sampling_gives_the_same_numbers_with_and_without_reuse(monkeypatch):
