@@ -48,6 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from pcdms_core.switches import SWITCHES  # noqa: E402
+
 CACHE = ROOT / "benchmarks" / "cache"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -98,9 +100,6 @@ def on_worker_thread(fn):
     if "error" in out:
         raise out["error"]
     return out["value"]
-
-
-from pcdms_core.switches import SWITCHES  # noqa: E402
 
 
 @contextlib.contextmanager
