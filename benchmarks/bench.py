@@ -42,6 +42,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -106,16 +107,8 @@ def on_worker_thread(fn):
 def plain_modules():
     """Within the block the pipeline's switches are off (they are read when a module runs), so our modules
     compute the way diffusers' do: for the rows that stand for the official code."""
-    saved = {k: os.environ.get(k) for k in SWITCHES}
-    os.environ.update({k: "0" for k in SWITCHES})
-    try:
+    with mock.patch.dict(os.environ, {k: "0" for k in SWITCHES}):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def timed(fn, repeat: int = 3, warmup: int = 1) -> float:

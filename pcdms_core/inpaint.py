@@ -30,6 +30,7 @@ from . import images as im
 from . import vae as vae_ops
 from .errors import InputError
 from .layers import ImageProjector, PoseEncoder
+from .precision import model_device_dtype
 from .sampling import (
     SeedLike,
     StepCallback,
@@ -39,7 +40,6 @@ from .sampling import (
     expand_batch,
     initial_latents,
     make_scheduler,
-    model_device_dtype,
 )
 
 PROJECTOR_NAME = {"paper": "image_proj_model_p", "demo": "image_proj_model"}

@@ -20,6 +20,7 @@ from torch import nn
 from . import _compat
 from .errors import InputError
 from .layers import PoseMLP
+from .precision import model_device_dtype
 from .sampling import (
     SeedLike,
     StepCallback,
@@ -29,7 +30,6 @@ from .sampling import (
     expand_batch,
     initial_latents,
     make_scheduler,
-    model_device_dtype,
 )
 
 # Statistics of CLIP ViT-H/14 image embeddings that the prior's x0 space is normalised with. They are plain

@@ -21,6 +21,7 @@ from . import images as im
 from . import vae as vae_ops
 from .inpaint import _match_batch, check_tokens, size_multiple
 from .layers import ImageProjector
+from .precision import model_device_dtype
 from .sampling import (
     SeedLike,
     StepCallback,
@@ -31,7 +32,6 @@ from .sampling import (
     expand_batch,
     initial_latents,
     make_scheduler,
-    model_device_dtype,
     noised_start,
     start_part_way,
 )

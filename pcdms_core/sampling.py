@@ -24,7 +24,6 @@ import torch
 from . import _compat
 from .errors import InputError
 from .memory import reuse_freed_memory
-from .precision import model_device_dtype  # noqa: F401  (the samplers and the VAE take it from here)
 
 # The noise schedule the SD 2.1-base UNet (stages 2 and 3) was trained with.
 SD21_BASE_BETAS: dict[str, Any] = dict(

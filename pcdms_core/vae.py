@@ -16,7 +16,8 @@ import torch
 from . import _compat
 from .errors import CheckpointError
 from .memory import reuse_freed_memory
-from .sampling import model_device_dtype, randn
+from .precision import model_device_dtype
+from .sampling import randn
 from .weights import WeightFile, folder_weight_file, open_weights, read_json, strict_load
 
 
