@@ -26,6 +26,7 @@ from torch import nn
 from safetensors import SafetensorError, safe_open
 
 from .errors import CheckpointError
+from .memory import cast_apart
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -356,7 +357,7 @@ def strict_load(
     for key in module.state_dict().keys():
         t = weights[key]
         if dtype is not None and t.is_floating_point() and t.dtype != dtype:
-            t = t.to(dtype)
+            t = cast_apart(t, dtype)  # large ones outside the heap that the stages' activations reuse
             weights.release(key)
         sd[key] = t
     module.load_state_dict(sd, strict=True, assign=True)

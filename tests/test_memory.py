@@ -200,3 +200,42 @@ def test_sampling_gives_the_same_numbers_with_and_without_reuse(monkeypatch):
     with_reuse = run()
     monkeypatch.setenv("PCDMS_REUSE_MEMORY", "0")
     assert torch.equal(run(), with_reuse)
+
+
+
+def _glibc_bytes() -> int:
+    info = memory._libc().mallinfo2()
+    return info.uordblks + info.hblkhd  # in use in the heaps, and in glibc's own mappings
+
+
+@mallinfo2
+@pytest.mark.parametrize("policy", ["1", "0"])
+def test_weights_are_cast_into_mappings_of_their_own(monkeypatch, tmp_path, policy):
+    from safetensors.torch import save_file
+    from torch import nn
+
+    from pcdms_core.weights import empty_weights, open_weights, strict_load
+
+    monkeypatch.setenv("PCDMS_REUSE_MEMORY", policy)
+    MIB = 2**20
+    half = torch.randn(512, 512).half()  # 1 MiB once cast to fp32
+    before = _glibc_bytes()
+    cast = memory.cast_apart(half, torch.float32)
+    from_glibc = _glibc_bytes() - before
+    assert cast.dtype == torch.float32 and torch.equal(cast, half.float())
+    if policy == "1":  # outside glibc's heap and mappings, page-aligned, and handed back as soon as it is freed
+        assert from_glibc < MIB // 4 and cast.data_ptr() % 4096 == 0, from_glibc
+    else:
+        assert from_glibc >= MIB
+    small = memory.cast_apart(torch.ones(8).half(), torch.float32)  # small tensors stay with glibc
+    assert torch.equal(small, torch.ones(8))
+
+    # the loaders cast a file's tensors with it
+    save_file({k: v.half() for k, v in nn.Linear(512, 512).state_dict().items()}, tmp_path / "w.safetensors")
+    with empty_weights():
+        model = nn.Linear(512, 512)
+    before = _glibc_bytes()
+    strict_load(model, open_weights(tmp_path / "w.safetensors"), dtype=torch.float32)
+    from_glibc = _glibc_bytes() - before
+    assert model.weight.dtype == torch.float32
+    assert (from_glibc < MIB // 4) if policy == "1" else (from_glibc >= MIB), from_glibc
