@@ -202,6 +202,11 @@ def test_sampling_gives_the_same_numbers_with_and_without_reuse(monkeypatch):
     assert torch.equal(run(), with_reuse)
 
 
+def _mapped(address: int) -> bool:
+    with open("/proc/self/maps") as f:
+        spans = [line.split()[0].split("-") for line in f]
+    return any(int(lo, 16) <= address < int(hi, 16) for lo, hi in spans)
+
 
 def _glibc_bytes() -> int:
     info = memory._libc().mallinfo2()
@@ -225,6 +230,10 @@ def test_weights_are_cast_into_mappings_of_their_own(monkeypatch, tmp_path, poli
     assert cast.dtype == torch.float32 and torch.equal(cast, half.float())
     if policy == "1":  # outside glibc's heap and mappings, page-aligned, and handed back as soon as it is freed
         assert from_glibc < MIB // 4 and cast.data_ptr() % 4096 == 0, from_glibc
+        address = cast.data_ptr()
+        assert _mapped(address)
+        del cast
+        assert not _mapped(address)
     else:
         assert from_glibc >= MIB
     small = memory.cast_apart(torch.ones(8).half(), torch.float32)  # small tensors stay with glibc
