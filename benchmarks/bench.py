@@ -423,6 +423,7 @@ pipe = PCDMsPipeline.from_files(**files, dtype=torch.{DTYPES[dtype]}, device={de
 src = Image.open({str(ROOT / 'assets' / 'pcdms_example_source.png')!r})
 sp = load_pose({str(ROOT / 'assets' / 'pcdms_example_source_pose.json')!r})
 tp = load_pose({str(ROOT / 'assets' / 'pcdms_example_target_pose.json')!r})
+guided = StageSettings(steps=20, guidance_scale=2.0)  # stages 2 and 3 as the reference figures (the prior: defaults)
 """
     full = base + f"""
 t = time.perf_counter()
@@ -430,8 +431,7 @@ stamps = {{}}
 def cb(stage, info):  # when each sampling step ends, per stage
     stamps.setdefault(stage, []).append(time.perf_counter())
 res = pipe(src, sp, tp, size=({s}, {s}), prior_size=({s}, {s}), seed=42, callback=cb,
-           inpaint_settings=StageSettings(steps=20, guidance_scale=2.0),
-           refine_settings=StageSettings(steps=20, guidance_scale=2.0))
+           inpaint_settings=guided, refine_settings=guided)
 total = time.perf_counter() - t
 steps = {{k: sorted(b - a for a, b in zip(v, v[1:]))[(len(v) - 1) // 2] for k, v in stamps.items() if len(v) > 1}}
 print(json.dumps({{"seconds": total, "peak_gib": peak_rss_gib(),
@@ -455,18 +455,17 @@ emb = inspect_checkpoint(files["prior"]).config["prior"]["embedding_dim"]  # ran
 width = projector_config_from_shapes(open_weights(files["inpaint"]).shapes, "image_proj_model_p.").in_dim
 srcu = im.as_uint8_batch(src)
 stage = {stage!r}
-same = StageSettings(steps=20, guidance_scale=2.0)
 t = time.perf_counter()
 with torch.no_grad():
     if stage == "dino+clip":
         pipe.run_encoders(srcu, size)
     elif stage == "prior":
-        pipe.run_prior(torch.randn(1, emb), sp, tp, StageSettings(steps=20), seed=0)
+        pipe.run_prior(torch.randn(1, emb), sp, tp, StageSettings(), seed=0)
     elif stage == "inpaint":
         pipe.run_inpaint(srcu, render_pose(sp, size), render_pose(tp, size), torch.randn(1, 257, width),
-                         torch.randn(1, emb), size, same, seed=0)
+                         torch.randn(1, emb), size, guided, seed=0)
     else:
-        pipe.run_refine(srcu, torch.randn(1, 257, width), size, same, seed=0)
+        pipe.run_refine(srcu, torch.randn(1, 257, width), size, guided, seed=0)
 print(json.dumps({{"seconds": time.perf_counter() - t, "peak_gib": peak_rss_gib()}}))
 """
             rows[f"stage alone: {stage}"] = _subprocess(code)

@@ -236,7 +236,7 @@ def test_weights_are_cast_into_mappings_of_their_own(monkeypatch, tmp_path, poli
         assert not _mapped(address)
     else:
         assert from_glibc >= MIB
-    small = memory.cast_apart(torch.ones(8).half(), torch.float32)  # small tensors stay with glibc
+    small = memory.cast_apart(torch.ones(8).half(), torch.float32)  # below the size, the ordinary cast
     assert torch.equal(small, torch.ones(8))
 
     # the loaders cast a file's tensors with it
