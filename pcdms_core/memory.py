@@ -31,6 +31,11 @@ which happens in long-lived processes): then the top, which can be a whole stage
 block, would stay resident. ``_trim`` releases its pages in place in that case (``madvise``, as glibc itself
 does for free blocks inside the heap).
 
+glibc's per-thread cache of small freed blocks (tcache) undoes part of this: the small blocks freed between the
+activations stay apart from its free lists, so freed activations cannot merge and the heap's top cannot be handed
+back above them. glibc reads that setting only at start-up, so ``python -m pcdms_core`` restarts itself with the
+cache off (``glibc_tunables``); other processes (ComfyUI) keep it unless started with ``GLIBC_TUNABLES`` set.
+
 Elsewhere (macOS, Windows, musl, or ``PCDMS_REUSE_MEMORY=0``) the collection runs and nothing else changes.
 """
 

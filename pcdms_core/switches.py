@@ -4,6 +4,7 @@ off). They are read each time the work runs, so a switch set mid-process takes e
 from __future__ import annotations
 
 import os
+from typing import Mapping, Optional
 
 SWITCHES = {
     "PCDMS_REUSE_MEMORY": "keep freed memory within a stage for the next allocation (memory.py)",
@@ -12,7 +13,8 @@ SWITCHES = {
 }
 
 
-def switch_on(name: str) -> bool:
+def switch_on(name: str, env: Optional[Mapping[str, str]] = None) -> bool:
+    """Whether switch ``name`` is on in ``env`` (default: this process's environment)."""
     if name not in SWITCHES:
         raise KeyError(f"unknown switch {name}")
-    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
+    return (os.environ if env is None else env).get(name, "1").strip().lower() not in ("0", "false", "no", "off")

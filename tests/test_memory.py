@@ -248,3 +248,80 @@ def test_weights_are_cast_into_mappings_of_their_own(monkeypatch, tmp_path, poli
     from_glibc = _glibc_bytes() - before
     assert model.weight.dtype == torch.float32
     assert (from_glibc < MIB // 4) if policy == "1" else (from_glibc >= MIB), from_glibc
+
+
+_RESTART = r"""
+import os, sys
+from pcdms_core.glibc_tunables import restart_with_tunables
+restart_with_tunables()
+print(repr(os.environ.get("GLIBC_TUNABLES")), sys.argv[1:])
+"""
+
+
+@glibc
+@pytest.mark.parametrize("given, policy, expected", [
+    (None, "1", "glibc.malloc.tcache_count=0"),
+    ("glibc.malloc.trim_threshold=1", "1", "glibc.malloc.trim_threshold=1:glibc.malloc.tcache_count=0"),
+    ("glibc.malloc.tcache_count=3", "1", "glibc.malloc.tcache_count=3"),  # the user's own setting stays
+    (None, "0", None),  # the memory policy off: nothing changes
+])
+def test_the_command_line_restarts_itself_with_glibc_small_block_cache_off(given, policy, expected):
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env.update(PYTHONPATH=str(ROOT), PCDMS_REUSE_MEMORY=policy)
+    if given is not None:
+        env["GLIBC_TUNABLES"] = given
+    out = subprocess.run([sys.executable, "-c", _RESTART, "a", "b c"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    # started again (or not) with the same command line, the setting added once
+    assert out.stdout.strip() == f"{expected!r} ['a', 'b c']"
+
+
+@glibc
+@pytest.mark.parametrize("policy, starts", [("1", 2), ("0", 1)])
+def test_python_m_pcdms_core_restarts_first_thing(policy, starts):
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env.update(PYTHONPATH=str(ROOT), PCDMS_REUSE_MEMORY=policy)
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "pcdms_core", "--help"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "generate" in out.stdout, out.stderr[-2000:]
+    modules = [line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")]
+    assert modules.count("pcdms_core.glibc_tunables") == starts  # once in each process (the options survive)
+    assert modules.index("pcdms_core.glibc_tunables") < modules.index("torch")  # before the heavy imports
+
+
+_PINNED = r"""
+import ctypes, json
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_long]
+libc.mallopt(-4, 0), libc.mallopt(-1, -1)  # as reuse_freed_memory sets: large blocks from the heap, no trimming
+held, blocks, n = [0] * 100_000, [0] * 12, 0  # allocated up front: a list growing would take heap blocks too
+start = libc.sbrk(0)
+for i in range(6):  # an activation, then the bookkeeping allocated after it (about this size)
+    blocks[2 * i], blocks[2 * i + 1] = libc.malloc(32 * 2**20), libc.malloc(100)
+    while blocks[2 * i + 1] < blocks[2 * i]:  # small holes further down are used first: fill them (kept)
+        held[n], n = blocks[2 * i + 1], n + 1
+        blocks[2 * i + 1] = libc.malloc(100)
+for b in blocks:
+    libc.free(b)
+libc.malloc_trim(0)  # what the block does on leaving
+print(json.dumps(libc.sbrk(0) - start))  # what the heap kept
+"""
+
+
+@glibc
+def test_glibc_small_block_cache_pins_the_heap_and_the_restart_avoids_it():
+    """What the restart is for: small blocks freed between large ones stay in glibc's per-thread cache, which
+    keeps them apart from the free lists, so the heap above them cannot be handed back."""
+    def kept(tunables):
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+        env.update(PYTHONPATH=str(ROOT), PCDMS_REUSE_MEMORY="1", GLIBC_TUNABLES=tunables)
+        out = subprocess.run([sys.executable, "-c", _PINNED], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    from pcdms_core.glibc_tunables import TUNABLE
+
+    assert kept("glibc.malloc.tcache_count=7") > 5 * 32 * 2**20  # glibc's default: up to the last small block
+    assert kept(TUNABLE) < 2**20  # all handed back
