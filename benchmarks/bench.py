@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from pcdms_core.switches import SWITCHES  # noqa: E402
+from pcdms_core.glibc_tunables import with_tunables  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / "cache"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -211,9 +212,11 @@ def _model_files(size: str) -> dict[str, Path]:
 
 # --- measurements ------------------------------------------------------------------------------------------------
 
-def _subprocess(code: str) -> dict:
-    """Run ``code`` in a fresh interpreter (cold imports, its own peak RSS); it prints one JSON line."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def _subprocess(code: str, ours: bool = False) -> dict:
+    """Run ``code`` in a fresh interpreter (cold imports, its own peak RSS); it prints one JSON line. ``ours``:
+    in the process environment ``python -m pcdms_core`` gives itself (glibc's small-block cache off, see
+    ``pcdms_core.glibc_tunables``); otherwise as started, as the official code runs."""
+    env = dict(with_tunables(os.environ) if ours else os.environ, PYTHONPATH=str(ROOT))
     code = inspect.getsource(peak_rss_gib) + code  # each snippet reports its peak with it
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=7200)
     if out.returncode != 0:
@@ -236,9 +239,9 @@ def bench_load(files: dict, dtype: str, threads: int, cold: bool = False) -> dic
     cached, which after a previous run is usually from memory."""
     rows = {}
 
-    def run(code: str) -> dict:
+    def run(code: str, ours: bool = False) -> dict:
         row = dict(page_cache="dropped" if cold and drop_page_cache() else "as is")
-        row.update(_subprocess(code))
+        row.update(_subprocess(code, ours))
         return row
     for stage in ("prior", "inpaint", "refine"):
         for fmt in (".pt", ".safetensors"):
@@ -254,7 +257,7 @@ m = load_checkpoint({str(path)!r}, dtype=torch.{DTYPES[dtype]})
 dt = time.perf_counter() - t
 print(json.dumps({{"seconds": dt, "peak_gib": peak_rss_gib()}}))
 """
-            rows[f"load {stage} {fmt}"] = run(code)
+            rows[f"load {stage} {fmt}"] = run(code, ours=True)
         pt = files[stage].with_suffix(".pt")
         if pt.exists():
             # The official way, as issue 5's reference figure was taken: build the network with its random
@@ -437,7 +440,7 @@ steps = {{k: sorted(b - a for a, b in zip(v, v[1:]))[(len(v) - 1) // 2] for k, v
 print(json.dumps({{"seconds": total, "peak_gib": peak_rss_gib(),
                   "median_step_seconds": steps}}))
 """
-    rows = {"paper path end to end (lazy loading)": _subprocess(full)}
+    rows = {"paper path end to end (lazy loading)": _subprocess(full, ours=True)}
     if stage_alone:
         # each stage's working set alone, run by the pipeline's own stage method (so its models load and free, and
         # its VAE work is ordered, exactly as in the run above) with the same steps and guidance: the heap the
@@ -468,7 +471,7 @@ with torch.no_grad():
         pipe.run_refine(srcu, torch.randn(1, 257, width), size, guided, seed=0)
 print(json.dumps({{"seconds": time.perf_counter() - t, "peak_gib": peak_rss_gib()}}))
 """
-            rows[f"stage alone: {stage}"] = _subprocess(code)
+            rows[f"stage alone: {stage}"] = _subprocess(code, ours=True)
     return rows
 
 
@@ -524,6 +527,8 @@ def main() -> int:
         results.update(bench_end_to_end(files, args.dtype, args.device, args.size, args.threads))
     results.update(same_way_sums(results, args.size))
     switches = {k: os.environ.get(k, "1") for k in SWITCHES}
+    # what our rows ran with (the official ones ran as started)
+    switches["GLIBC_TUNABLES (our rows)"] = with_tunables(os.environ).get("GLIBC_TUNABLES", "")
     print(f"\n{args.size} size, {args.dtype}, {args.device}, {args.threads} threads; "
           + ", ".join(f"{k}={v}" for k, v in switches.items()))
     print(f"{'measurement':58s} {'seconds':>10s} {'peak GiB':>9s}")
