@@ -299,7 +299,7 @@ libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_long]
 libc.mallopt(-4, 0), libc.mallopt(-1, -1)  # as reuse_freed_memory sets: large blocks from the heap, no trimming
 held, blocks, n = [0] * 100_000, [0] * 12, 0  # allocated up front: a list growing would take heap blocks too
 start = libc.sbrk(0)
-for i in range(6):  # an activation, then the bookkeeping allocated after it (about this size)
+for i in range(6):  # an activation, then a small block allocated after it (about this size was found)
     blocks[2 * i], blocks[2 * i + 1] = libc.malloc(32 * 2**20), libc.malloc(100)
     while blocks[2 * i + 1] < blocks[2 * i]:  # small holes further down are used first: fill them (kept)
         held[n], n = blocks[2 * i + 1], n + 1
