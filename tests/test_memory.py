@@ -250,6 +250,15 @@ def test_weights_are_cast_into_mappings_of_their_own(monkeypatch, tmp_path, poli
     assert (from_glibc < MIB // 4) if policy == "1" else (from_glibc >= MIB), from_glibc
 
 
+def _child_env(policy: str, tunables=None) -> dict:
+    """The environment for a child interpreter: the memory policy as given, ``GLIBC_TUNABLES`` only if given."""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env.update(PYTHONPATH=str(ROOT), PCDMS_REUSE_MEMORY=policy)
+    if tunables is not None:
+        env["GLIBC_TUNABLES"] = tunables
+    return env
+
+
 _RESTART = r"""
 import os, sys
 from pcdms_core.glibc_tunables import restart_with_tunables
@@ -266,12 +275,8 @@ print(repr(os.environ.get("GLIBC_TUNABLES")), sys.argv[1:])
     (None, "0", None),  # the memory policy off: nothing changes
 ])
 def test_the_command_line_restarts_itself_with_glibc_small_block_cache_off(given, policy, expected):
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    env.update(PYTHONPATH=str(ROOT), PCDMS_REUSE_MEMORY=policy)
-    if given is not None:
-        env["GLIBC_TUNABLES"] = given
-    out = subprocess.run([sys.executable, "-c", _RESTART, "a", "b c"], env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-c", _RESTART, "a", "b c"], env=_child_env(policy, given),
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     # started again (or not) with the same command line, the setting added once
     assert out.stdout.strip() == f"{expected!r} ['a', 'b c']"
@@ -280,9 +285,7 @@ def test_the_command_line_restarts_itself_with_glibc_small_block_cache_off(given
 @glibc
 @pytest.mark.parametrize("policy, starts", [("1", 2), ("0", 1)])
 def test_python_m_pcdms_core_restarts_first_thing(policy, starts):
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    env.update(PYTHONPATH=str(ROOT), PCDMS_REUSE_MEMORY=policy)
-    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "pcdms_core", "--help"], env=env,
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "pcdms_core", "--help"], env=_child_env(policy),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "generate" in out.stdout, out.stderr[-2000:]
     modules = [line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")]
@@ -316,9 +319,8 @@ def test_glibc_small_block_cache_pins_the_heap_and_the_restart_avoids_it():
     """What the restart is for: small blocks freed between large ones stay in glibc's per-thread cache, which
     keeps them apart from the free lists, so the heap above them cannot be handed back."""
     def kept(tunables):
-        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-        env.update(PYTHONPATH=str(ROOT), PCDMS_REUSE_MEMORY="1", GLIBC_TUNABLES=tunables)
-        out = subprocess.run([sys.executable, "-c", _PINNED], env=env, capture_output=True, text=True, timeout=120)
+        out = subprocess.run([sys.executable, "-c", _PINNED], env=_child_env("1", tunables), capture_output=True,
+                             text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout.strip().splitlines()[-1])
     from pcdms_core.glibc_tunables import TUNABLE
