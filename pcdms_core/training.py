@@ -688,7 +688,18 @@ def _checkpoints(out: Path) -> list[Path]:
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
-    """Run (or resume) a training run; returns the exported model's path."""
+    """Run (or resume) a training run; returns the exported model's path.
+
+    The run is decided by ``cfg.seed``: the model's initial weights (when it starts from scratch), the pairs and
+    every draw, so the same command gives the same run. Torch's global random state is seeded for the run (the
+    initialisation and any dropout draw from it) and given back to the caller as it was afterwards."""
+    devices = list(range(torch.cuda.device_count()))
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(cfg.seed)
+        return _train(cfg, progress)
+
+
+def _train(cfg: TrainConfig, progress: bool) -> Path:
     try:
         from accelerate import Accelerator
     except ImportError:

@@ -93,6 +93,26 @@ def test_ema_is_exported_saved_and_resumed(tmp_path, frozen):
     assert int(load_file(str(ckpt / "step_8" / "ema.safetensors"))["updates"]) == 8
 
 
+@pytest.mark.parametrize("stage", ["prior", "inpaint"])
+def test_the_same_seed_gives_the_same_run(tmp_path, frozen, stage):
+    """A run started from scratch is decided by its seed: its initial weights too, not only its data and draws.
+    The caller's global random state is left as it was."""
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        cfg = TrainConfig(stage=stage, out=str(tmp_path / name), steps=2, batch_size=2, lr=1e-3, save_every=10,
+                          seed=seed, log_every=1, **frozen)
+        torch.manual_seed(123)
+        expected = torch.rand(4)
+        torch.manual_seed(123)
+        path = train(cfg, progress=False)
+        assert torch.equal(torch.rand(4), expected), "the caller's global random state changed"
+        runs[name] = ([r["loss"] for r in losses(cfg.out)], load_checkpoint(path, expect=stage).state_dict())
+    (loss_a, a), (loss_b, b), (loss_c, c) = runs.values()
+    assert loss_a == loss_b and len(loss_a) == 2
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loss_c != loss_a and not all(torch.equal(a[k], c[k]) for k in a)
+
+
 def test_inpaint_training_runs_and_exports(tmp_path, frozen):
     cfg = TrainConfig(stage="inpaint", out=str(tmp_path / "s2"), steps=2, batch_size=2, save_every=10, **frozen)
     path = train(cfg, progress=False)
