@@ -8,8 +8,8 @@ It prints a table and writes JSON. Measured, per stage:
 
 * checkpoint load, fresh in a new process, the file read through first (``--cold``: after emptying the page
   cache instead, as root): from the official DeepSpeed ``.pt`` (fp16) through our reader, from our
-  ``.safetensors`` (fp16), and from the ``.pt`` the official way (random-init network, ``torch.load``, ``load_state_dict``), into ``--dtype`` modules; with the
-  peak memory of that process;
+  ``.safetensors`` (fp16), and from the ``.pt`` the official way (random-init network, ``torch.load``,
+  ``load_state_dict``), into ``--dtype`` modules; with the peak memory of that process;
 * encoder time (CLIP ViT-H/14, DINOv2-giant on one 224 crop), VAE encode / decode at 512 x 1024 and 512 x 512,
   ours and plain (the switches below off: diffusers' own computation, glibc's default memory policy);
 * one sampling step of each stage (the network at the CFG batch, plus the scheduler step) next to a *floor*:
