@@ -124,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     mc.add_argument("--batch-size", type=int, default=32)
     mc.add_argument("--prior", help="paper model: give stage 2 this prior's embedding instead of the real target "
                                     "one (as at inference; the official batch test uses the real one)")
+    for name in ("vae", "clip", "dino"):
+        mc.add_argument(f"--{name}", help=f"frozen {name} (default: the demo model); the one stage 2 was trained with")
 
     ie = sub.add_parser("init-encoders", help="write the demo's stand-in CLIP and DINOv2 (seeded, frozen)")
     ie.add_argument("--clip", required=True)
@@ -276,7 +278,7 @@ def _make_coarse(args) -> int:
 
     print(make_coarse(args.inpaint, args.out, count=args.count, seed=args.seed, steps=args.steps,
                       batch_size=args.batch_size, scheduler=args.scheduler, guidance_scale=args.guidance,
-                      prior=args.prior))
+                      prior=args.prior, vae=args.vae, clip=args.clip, dino=args.dino))
     return 0
 
 

@@ -280,6 +280,21 @@ def test_refine_training_on_stage2_outputs_with_augmentation(tmp_path, frozen):
         TrainConfig(stage="inpaint", out=str(tmp_path / "x"), augment=True)
 
 
+def test_make_coarse_command_uses_the_frozen_models_it_is_given(tmp_path, frozen):
+    """`make-coarse --vae/--clip/--dino`: a stage 2 trained on another VAE gets its coarse images made with it."""
+    from pcdms_core.cli import main
+
+    args = ["make-coarse", "--inpaint", str(demo.demo_file("inpaint")), "--count", "2", "--steps", "1",
+            "--batch-size", "2"]
+    assert main(args + ["--out", str(tmp_path / "given.pt")] + [f"--{k}={v}" for k, v in frozen.items()]) == 0
+    assert main(args + ["--out", str(tmp_path / "demo.pt")]) == 0
+    given = torch.load(tmp_path / "given.pt", weights_only=True)["images"]
+    default = torch.load(tmp_path / "demo.pt", weights_only=True)["images"]
+    assert given.shape == default.shape == (2, 3, *demo.SIZE[::-1])
+    # the random VAE decodes to something else than the trained demo VAE
+    assert (given.float() - default.float()).abs().mean() > 10
+
+
 def test_refine_training_with_made_up_coarse_images_mixes_in_fresh_pairs(tmp_path, frozen):
     from pcdms_core.training import RefineStage
 
