@@ -86,3 +86,39 @@ def test_the_stage_ablation_holds_on_held_out_pairs(tmp_path):
         assert m[better]["ssim"] > m[worse]["ssim"] and m[better]["colour_error"] < m[worse]["colour_error"], m
     zeroed = m["stage 2, zeroed embedding"]
     assert m["stage 2"]["ssim"] > zeroed["ssim"] and m["stage 2"]["colour_error"] < zeroed["colour_error"], m
+
+
+def _script_commands(text: str, env: dict) -> list[list[str]]:
+    """The `py ...` / `ddp ...` commands of a shell script, continuation lines joined and variables filled in."""
+    import re
+    import shlex
+
+    text = text.replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0] in ("py", "ddp"):
+            line = re.sub(r"\$\{?(\w+)\}?", lambda m: env[m.group(1)], line)
+            commands.append(shlex.split(line)[1:])
+    return commands
+
+
+def test_the_demo_training_script_runs_only_valid_commands(monkeypatch):
+    """scripts/train_demo_models.sh takes two hours, so no test runs it; each of its commands is parsed by the
+    CLI here, and each training command builds its TrainConfig (which refuses conflicting options)."""
+    from pcdms_core import cli, training
+
+    configs = []
+    monkeypatch.setattr(training, "train", lambda cfg: configs.append(cfg) or "trained")
+    commands = _script_commands((ROOT / "scripts" / "train_demo_models.sh").read_text(),
+                                {"RUNS": "runs", "D": "demo_models", "VAE_MP": "bf16"})
+    names = [c[0] for c in commands]
+    assert names.count("train") == 8 and {"init-encoders", "make-coarse", "evaluate"} <= set(names), names
+    for argv in commands:
+        args = cli._parser().parse_args(argv)
+        if args.command == "train":
+            assert cli.main(argv) == 0
+    assert [c.stage for c in configs] == ["vae", "vae", "prior", "inpaint", "inpaint", "refine", "refine", "inpaint"]
+    # every shipped file is the export of one of them
+    exported = {c.export_to for c in configs if c.export_to}
+    assert exported == {f"demo_models/{demo.FILES[k]}" for k in ("vae", "prior", "inpaint", "refine", "inpaint_demo")}
