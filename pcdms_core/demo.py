@@ -1,6 +1,6 @@
 """The demo models: small versions of every network the pipeline needs, trained on the synthetic set.
 
-They ship in ``demo_models/`` (about 25 MB in fp16) and are the default when no model is named: the CLI,
+They ship in ``demo_models/`` (28 MiB in fp16) and are the default when no model is named: the CLI,
 the ComfyUI loaders and the demo workflows use them. Their topology is the official one, scaled down:
 
 * VAE: ``AutoencoderKL`` (widths 16, 32, 64) that downsamples by 4 (64 x 64 pixels to 4 x 16 x 16), trained

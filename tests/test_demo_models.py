@@ -1,6 +1,7 @@
 """The bundled demo models: present, small, the default of the CLI, and they really move a person into a
 new pose (checked on the README's example, whose ground truth the synthetic set gives us)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,21 +77,30 @@ def test_evaluation_runs_and_writes_its_table(tmp_path):
 
 
 def test_the_stage_ablation_holds_on_held_out_pairs(tmp_path):
-    """The README's table in small: on the first 25 of its held-out pairs, with the demo settings, each stage
-    earns its place (stages 1-3 beat stage 2, which beats the source copy and stage 2 without the prior)."""
+    """The README's table, on all its 200 held-out pairs with the demo settings (about two minutes on 2 cores; on
+    fewer pairs the colour margins are within the pairs' spread): the three stages beat both baselines, the copied
+    source and stage 2 alone, on both measures, and stage 2 with the prior's embedding beats stage 2 with a zeroed
+    one: the paper's stage ablation, in miniature. And the README's figures are the ones these files give."""
     from pcdms_core.evaluation import demo_pipeline, evaluate
 
-    m = evaluate(demo_pipeline(), tmp_path, count=25, batch_size=25, progress=False)["metrics"]
-    order = ["source copy", "stage 2", "stages 1-3"]
-    for worse, better in zip(order, order[1:]):
-        assert m[better]["ssim"] > m[worse]["ssim"] and m[better]["colour_error"] < m[worse]["colour_error"], m
-    zeroed = m["stage 2, zeroed embedding"]
-    assert m["stage 2"]["ssim"] > zeroed["ssim"] and m["stage 2"]["colour_error"] < zeroed["colour_error"], m
+    noprior = load_checkpoint(demo.demo_file("inpaint_demo"), expect="inpaint")
+    m = evaluate(demo_pipeline(), tmp_path, count=200, batch_size=25, progress=False, noprior=noprior)["metrics"]
+    # the README's table is what these files give (to float rounding across CPUs)
+    readme = (ROOT / "README.md").read_text()
+    for method, scores in m.items():
+        row = re.search(rf"^\| {re.escape(method)} \| ([0-9.]+) \| ([0-9.]+) \|", readme, re.M)
+        assert row, f"README has no row for {method!r}"
+        assert abs(float(row[1]) - scores["ssim"]) < 2e-3 and abs(float(row[2]) - scores["colour_error"]) < 0.05, \
+            (method, row[0], scores)
+    full, stage2, zeroed = m["stages 1-3"], m["stage 2"], m["stage 2, zeroed embedding"]
+    for baseline in ("source copy", "stage 2"):
+        assert full["ssim"] > m[baseline]["ssim"] and full["colour_error"] < m[baseline]["colour_error"], (baseline, m)
+    assert stage2["ssim"] > zeroed["ssim"] and stage2["colour_error"] < zeroed["colour_error"], m
+    assert stage2["ssim"] > m["source copy"]["ssim"], m
 
 
 def _script_commands(text: str, env: dict) -> list[list[str]]:
     """The `py ...` / `ddp ...` commands of a shell script, continuation lines joined and variables filled in."""
-    import re
     import shlex
 
     text = text.replace("\\\n", " ")
