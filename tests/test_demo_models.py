@@ -77,7 +77,7 @@ def test_evaluation_runs_and_writes_its_table(tmp_path):
 
 
 def test_the_stage_ablation_holds_on_held_out_pairs(tmp_path):
-    """The README's table, on all its 200 held-out pairs with the demo settings (about two minutes on 2 cores; on
+    """The README's table, on all its 200 held-out pairs with the demo settings (about 2.5 minutes on 2 cores; on
     fewer pairs the colour margins are within the pairs' spread): the three stages beat both baselines, the copied
     source and stage 2 alone, on both measures, and stage 2 with the prior's embedding beats stage 2 with a zeroed
     one: the paper's stage ablation, in miniature. And the README's figures are the ones these files give."""
