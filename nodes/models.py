@@ -21,14 +21,15 @@ import latent_preview
 
 from ..pcdms_core import images as core_images
 from ..pcdms_core.errors import InputError
-from ..pcdms_core.vae import LatentCodec
+from ..pcdms_core.bundled import DEMO_DIR
+from ..pcdms_core.networks.vae import LatentCodec
 
 PCDMS_FOLDER = "pcdms"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DTYPE_CHOICES = ["auto", "fp16", "bf16", "fp32"]
 
 
-DEMO_MODELS = Path(__file__).resolve().parents[1] / "demo_models"
+DEMO_MODELS = DEMO_DIR
 
 
 def _add_path(folder: str, path: str) -> None:
@@ -52,7 +53,7 @@ def register_model_folder() -> None:
             _add_path(folder, str(DEMO_MODELS / folder))
 
 
-EXAMPLE_INPUTS = Path(__file__).resolve().parents[1] / "assets"
+EXAMPLE_INPUTS = DEMO_DIR / "examples"
 
 
 def install_example_inputs() -> None:

@@ -10,15 +10,21 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..pcdms_core import images as core_images
-from ..pcdms_core.errors import InputError
-from ..pcdms_core.inpaint import DEFAULTS as INPAINT_DEFAULTS
-from ..pcdms_core.inpaint import sample_inpaint
-from ..pcdms_core.pipeline import SourceFeatures, encode_source
-from ..pcdms_core.pose import pose_vector, poses_from_keypoints, render_pose
-from ..pcdms_core.prior import sample_prior
-from ..pcdms_core.refine import sample_refine
-from ..pcdms_core.sampling import PRIOR_SCHEDULERS, UNET_SCHEDULERS
+from ..pcdms_core import (
+    DEFAULTS,
+    InputError,
+    SourceFeatures,
+    encode_source,
+    pose_vector,
+    poses_from_keypoints,
+    render_pose,
+    sample_inpaint,
+    sample_prior,
+    sample_refine,
+    to_uint8,
+)
+from ..pcdms_core.stages.defaults import OFFICIAL_SIZE
+from ..pcdms_core.stages.loop import PRIOR_SCHEDULERS, UNET_SCHEDULERS
 from .models import ManagedModel, images_in, images_out, step_callback, vae_for_stage, working_memory
 from .types import PcdmsClip, PcdmsDino, PcdmsEmbedding, PcdmsModel, PcdmsSource, PcdmsVae, PoseKeypoint
 
@@ -98,9 +104,9 @@ class PCDMsEncodeSource(io.ComfyNode):
                 io.Image.Input("image", tooltip="The source person (a batch gives one source per image)."),
                 PcdmsDino.Input("dino", tooltip="From PCDMs DINOv2 Loader."),
                 PcdmsClip.Input("clip", optional=True, tooltip="From PCDMs CLIP Vision Loader; needed by the prior."),
-                io.Int.Input("width", default=512, min=64, max=2048, step=64,
-                             tooltip="Working width of one half of the canvas (official: 512)."),
-                io.Int.Input("height", default=512, min=64, max=2048, step=64,
+                io.Int.Input("width", default=OFFICIAL_SIZE[0], min=8, max=2048, step=8,
+                             tooltip="Working width of one half of the canvas, a multiple of 8 (official: 512)."),
+                io.Int.Input("height", default=OFFICIAL_SIZE[1], min=8, max=2048, step=8,
                              tooltip="Working height (official: 512; the models were trained on square halves)."),
             ],
             outputs=[PcdmsSource.Output(display_name="source")],
@@ -108,7 +114,7 @@ class PCDMsEncodeSource(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, dino, width, height, clip=None) -> io.NodeOutput:
-        return io.NodeOutput(run_encode(image, dino, clip, width, height))
+        return io.NodeOutput(run_encode(image, dino, clip, width=width, height=height))
 
 
 def _encoder(model: Optional[ManagedModel], kind: str) -> Optional[ManagedModel]:
@@ -118,7 +124,7 @@ def _encoder(model: Optional[ManagedModel], kind: str) -> Optional[ManagedModel]
     return model
 
 
-def run_encode(image, dino, clip, width, height) -> SourceFeatures:
+def run_encode(image, dino, clip, *, width: int, height: int) -> SourceFeatures:
     dino, clip = _encoder(dino, "dinov2"), _encoder(clip, "clip")
     managed = [m for m in (dino, clip) if m is not None]
     mm.load_models_gpu([m.patcher for m in managed], force_full_load=True)
@@ -133,7 +139,7 @@ def run_encode(image, dino, clip, width, height) -> SourceFeatures:
     return features
 
 
-def run_prior(model: ManagedModel, source: SourceFeatures, source_pose, target_pose, seed, steps, cfg, scheduler):
+def run_prior(model: ManagedModel, source: SourceFeatures, source_pose, target_pose, *, seed, steps, cfg, scheduler):
     model = _stage_model(model, "prior")
     if source.clip_embedding is None:
         raise InputError("the prior needs the source's CLIP embedding: connect a CLIP loader to PCDMs Encode Source")
@@ -158,7 +164,7 @@ class PCDMsPrior(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Stage 1: predicts the CLIP embedding of the person in the target pose, from the source's embedding "
-                "and both poses. Feeds the paper inpainting model (the demo checkpoint does not use it)."
+                "and both poses. Feeds the paper inpainting model (the no-prior checkpoint does not use it)."
             ),
             inputs=[
                 PcdmsModel.Input("model", tooltip="A stage-1 prior checkpoint (s1_*.pt)."),
@@ -166,10 +172,10 @@ class PCDMsPrior(io.ComfyNode):
                 PoseKeypoint.Input("source_pose", tooltip="Keypoints of the source person (DWPose / OpenPose / PCDMs Load Pose)."),
                 PoseKeypoint.Input("target_pose", tooltip="Keypoints of the wanted pose; several frames give several targets."),
                 _seed(),
-                _steps(20, "Sampling steps (official: 20)."),
-                _cfg(1.0, "Guidance; the official runs use none (1.0). Above 1 the unconditional branch has zero "
-                          "image embedding and zero pose tokens."),
-                io.Combo.Input("scheduler", options=list(PRIOR_SCHEDULERS), default="unclip",
+                _steps(DEFAULTS["prior"].steps, f"Sampling steps (official: {DEFAULTS['prior'].steps})."),
+                _cfg(DEFAULTS["prior"].guidance_scale, "Guidance; the official runs use none (1.0). Above 1 the "
+                     "unconditional branch has zero image embedding and zero pose tokens."),
+                io.Combo.Input("scheduler", options=list(PRIOR_SCHEDULERS), default=DEFAULTS["prior"].scheduler,
                                tooltip="unclip is the official sampler."),
             ],
             outputs=[PcdmsEmbedding.Output(display_name="embedding")],
@@ -177,7 +183,8 @@ class PCDMsPrior(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, source, source_pose, target_pose, seed, steps, cfg, scheduler) -> io.NodeOutput:
-        return io.NodeOutput(run_prior(model, source, source_pose, target_pose, seed, steps, cfg, scheduler))
+        return io.NodeOutput(run_prior(model, source, source_pose, target_pose, seed=seed, steps=steps, cfg=cfg,
+                                        scheduler=scheduler))
 
 
 def _pose_images(keypoints, image, what: str, size) -> Optional[torch.Tensor]:
@@ -188,16 +195,16 @@ def _pose_images(keypoints, image, what: str, size) -> Optional[torch.Tensor]:
     raise InputError(f"connect the {what} pose: keypoints ({what}_pose) or a skeleton image ({what}_pose_image)")
 
 
-def run_inpaint(model, vae, source: SourceFeatures, embedding, source_pose, target_pose, source_pose_image,
-                target_pose_image, seed, steps, cfg, scheduler, batch_size):
+def run_inpaint(model, vae, source: SourceFeatures, *, embedding=None, source_pose=None, target_pose=None,
+                source_pose_image=None, target_pose_image=None, seed, steps, cfg, scheduler, batch_size):
     model = _stage_model(model, "inpaint")
     variant = model.info.variant
     if source.tokens is None:
         raise InputError("the source has no DINOv2 tokens: connect a DINOv2 loader to PCDMs Encode Source")
     if variant == "paper" and embedding is None:
         raise InputError("the paper inpainting checkpoint needs the prior's embedding: connect PCDMs Prior")
-    if variant == "demo" and embedding is not None:
-        raise InputError("the demo checkpoint (PCDMs_ckpt.pt) takes no prior embedding: disconnect it")
+    if variant == "noprior" and embedding is not None:
+        raise InputError("the no-prior checkpoint (PCDMs_ckpt.pt) takes no prior embedding: disconnect it")
     sp = _pose_images(source_pose, source_pose_image, "source", source.size)
     tp = _pose_images(target_pose, target_pose_image, "target", source.size)
     named = [("source images", source.batch), ("source poses", sp.shape[0]), ("target poses", tp.shape[0])]
@@ -212,7 +219,7 @@ def run_inpaint(model, vae, source: SourceFeatures, embedding, source_pose, targ
     result = sample_inpaint(
         model.patcher.model.inner, vae_model, src.pixels, _repeat(sp, batch), _repeat(tp, batch), src.tokens,
         None if embedding is None else _repeat(embedding, batch), size=source.size, steps=steps,
-        guidance_scale=cfg, scheduler=INPAINT_DEFAULTS[variant]["scheduler"] if scheduler == "auto" else scheduler,
+        guidance_scale=cfg, scheduler=DEFAULTS[variant].scheduler if scheduler == "auto" else scheduler,
         generator=seed, num_images=batch_size, callback=step_callback(),
     )
     return result
@@ -227,11 +234,11 @@ class PCDMsInpaint(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Stage 2: draws the source person in the target pose (source and target side by side, the right half "
-                "is the result). Works with the paper checkpoint (needs the prior's embedding) and the released demo "
+                "is the result). Works with the paper checkpoint (needs the prior's embedding) and the released no-prior "
                 "checkpoint PCDMs_ckpt.pt (no prior). Poses come as keypoints (rendered here) or as skeleton images."
             ),
             inputs=[
-                PcdmsModel.Input("model", tooltip="A stage-2 checkpoint: s2_512.pt (paper) or PCDMs_ckpt.pt (demo)."),
+                PcdmsModel.Input("model", tooltip="A stage-2 checkpoint: s2_512.pt (paper) or PCDMs_ckpt.pt (no prior)."),
                 _vae_input(),
                 PcdmsSource.Input("source", tooltip="From PCDMs Encode Source."),
                 PcdmsEmbedding.Input("embedding", optional=True, tooltip="From PCDMs Prior (paper checkpoint only)."),
@@ -240,10 +247,11 @@ class PCDMsInpaint(io.ComfyNode):
                 io.Image.Input("source_pose_image", optional=True, tooltip="Instead of source_pose: a rendered skeleton image."),
                 io.Image.Input("target_pose_image", optional=True, tooltip="Instead of target_pose: a rendered skeleton image (e.g. from DWPose)."),
                 _seed(),
-                _steps(20, "Sampling steps (official: 20 for the paper model, 50 for the demo checkpoint)."),
-                _cfg(2.0, "Guidance (official: 2.0 for both checkpoints)."),
+                _steps(DEFAULTS["paper"].steps, f"Sampling steps (official: {DEFAULTS['paper'].steps} for the paper "
+                       f"model, {DEFAULTS['noprior'].steps} for the no-prior checkpoint)."),
+                _cfg(DEFAULTS["paper"].guidance_scale, "Guidance (official: 2.0 for both checkpoints)."),
                 io.Combo.Input("scheduler", options=["auto"] + list(UNET_SCHEDULERS), default="auto",
-                               tooltip="auto: the official sampler of the checkpoint (UniPC for the paper model, DDIM for the demo)."),
+                               tooltip="auto: the official sampler of the checkpoint (UniPC for the paper model, DDIM for the no-prior one)."),
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per source."),
             ],
             outputs=[
@@ -255,12 +263,13 @@ class PCDMsInpaint(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, source, seed, steps, cfg, scheduler, batch_size, embedding=None, source_pose=None,
                 target_pose=None, source_pose_image=None, target_pose_image=None) -> io.NodeOutput:
-        result = run_inpaint(model, vae, source, embedding, source_pose, target_pose, source_pose_image,
-                             target_pose_image, seed, steps, cfg, scheduler, batch_size)
+        result = run_inpaint(model, vae, source, embedding=embedding, source_pose=source_pose, target_pose=target_pose,
+                             source_pose_image=source_pose_image, target_pose_image=target_pose_image, seed=seed,
+                             steps=steps, cfg=cfg, scheduler=scheduler, batch_size=batch_size)
         return io.NodeOutput(images_out(result.target), images_out(result.canvas))
 
 
-def run_refine(model, vae, source: SourceFeatures, coarse, seed, steps, cfg, cfg_rescale, scheduler, strength=1.0):
+def run_refine(model, vae, source: SourceFeatures, coarse, *, seed, steps, cfg, cfg_rescale, scheduler, strength=1.0):
     """``coarse``: uint8 [N, 3, H, W] images to refine."""
     model = _stage_model(model, "refine")
     if source.tokens is None:
@@ -297,11 +306,11 @@ class PCDMsRefine(io.ComfyNode):
                 PcdmsSource.Input("source", tooltip="From PCDMs Encode Source (the same source as stage 2)."),
                 io.Image.Input("image", tooltip="The coarse image(s) to refine, e.g. PCDMs Inpaint's output."),
                 _seed(),
-                _steps(20, "Sampling steps (official: 20)."),
-                _cfg(1.0, "Guidance; 1.0 (none) as the paper's runs most likely used."),
+                _steps(DEFAULTS["refine"].steps, f"Sampling steps (official: {DEFAULTS['refine'].steps})."),
+                _cfg(DEFAULTS["refine"].guidance_scale, "Guidance; 1.0 (none) as the paper's runs most likely used."),
                 io.Float.Input("cfg_rescale", default=-1.0, min=-1.0, max=4.0, step=0.05, round=0.01,
                                tooltip="Guidance rescale; -1 makes it equal to cfg, as the official script does."),
-                io.Combo.Input("scheduler", options=list(UNET_SCHEDULERS), default="unipc",
+                io.Combo.Input("scheduler", options=list(UNET_SCHEDULERS), default=DEFAULTS["refine"].scheduler,
                                tooltip="unipc is the official sampler."),
                 io.Float.Input("strength", default=1.0, min=0.01, max=1.0, step=0.01, round=0.01,
                                tooltip="1 (official): start from pure noise. Below 1: start from the coarse image, "
@@ -314,7 +323,8 @@ class PCDMsRefine(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, source, image, seed, steps, cfg, cfg_rescale, scheduler,
                 strength=1.0) -> io.NodeOutput:
-        refined = run_refine(model, vae, source, images_in(image), seed, steps, cfg, cfg_rescale, scheduler, strength)
+        refined = run_refine(model, vae, source, images_in(image), seed=seed, steps=steps, cfg=cfg,
+                             cfg_rescale=cfg_rescale, scheduler=scheduler, strength=strength)
         return io.NodeOutput(images_out(refined))
 
 
@@ -330,7 +340,7 @@ class PCDMsAllStages(io.ComfyNode):
                 "nodes do the same and let you change each stage or put other nodes between them."
             ),
             inputs=[
-                PcdmsModel.Input("inpaint_model", tooltip="Stage-2 checkpoint (paper or demo)."),
+                PcdmsModel.Input("inpaint_model", tooltip="Stage-2 checkpoint (paper or no-prior)."),
                 _vae_input(),
                 PcdmsDino.Input("dino", tooltip="From PCDMs DINOv2 Loader."),
                 io.Image.Input("image", tooltip="The source person."),
@@ -340,9 +350,10 @@ class PCDMsAllStages(io.ComfyNode):
                 PcdmsClip.Input("clip", optional=True, tooltip="CLIP ViT-H/14 (needed with the prior)."),
                 PcdmsModel.Input("refine_model", optional=True, tooltip="Stage-3 checkpoint; without it the coarse image is returned."),
                 _seed(),
-                io.Int.Input("width", default=512, min=64, max=2048, step=64, tooltip="Working width per half (official: 512)."),
-                io.Int.Input("height", default=512, min=64, max=2048, step=64, tooltip="Working height (official: 512)."),
-                io.Int.Input("inpaint_steps", default=20, min=1, max=1000, tooltip="Official: 20 (paper), 50 (demo)."),
+                io.Int.Input("width", default=OFFICIAL_SIZE[0], min=8, max=2048, step=8, tooltip="Working width per half (official: 512)."),
+                io.Int.Input("height", default=OFFICIAL_SIZE[1], min=8, max=2048, step=8, tooltip="Working height (official: 512)."),
+                io.Int.Input("inpaint_steps", default=DEFAULTS["paper"].steps, min=1, max=1000,
+                             tooltip=f"Official: {DEFAULTS['paper'].steps} (paper), {DEFAULTS['noprior'].steps} (no prior)."),
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per source."),
             ],
             outputs=[io.Image.Output(display_name="image"), io.Image.Output(display_name="coarse")],
@@ -351,16 +362,20 @@ class PCDMsAllStages(io.ComfyNode):
     @classmethod
     def execute(cls, inpaint_model, vae, dino, image, source_pose, target_pose, seed, width, height, inpaint_steps,
                 batch_size, prior_model=None, clip=None, refine_model=None) -> io.NodeOutput:
-        source = run_encode(image, dino, clip, width, height)
+        prior, inpaint, refine = DEFAULTS["prior"], DEFAULTS[inpaint_model.info.variant], DEFAULTS["refine"]
+        source = run_encode(image, dino, clip, width=width, height=height)
         embedding = None
         if prior_model is not None:
-            embedding = run_prior(prior_model, source, source_pose, target_pose, seed, 20, 1.0, "unclip")
-        result = run_inpaint(inpaint_model, vae, source, embedding, source_pose, target_pose, None, None, seed,
-                             inpaint_steps, 2.0, "auto", batch_size)
+            embedding = run_prior(prior_model, source, source_pose, target_pose, seed=seed, steps=prior.steps,
+                                  cfg=prior.guidance_scale, scheduler=prior.scheduler)
+        result = run_inpaint(inpaint_model, vae, source, embedding=embedding, source_pose=source_pose,
+                             target_pose=target_pose, seed=seed, steps=inpaint_steps, cfg=inpaint.guidance_scale,
+                             scheduler=inpaint.scheduler, batch_size=batch_size)
         coarse = result.target
         final = coarse
         if refine_model is not None:
-            final = run_refine(refine_model, vae, source, core_images.to_uint8(coarse), seed, 20, 1.0, -1.0, "unipc")
+            final = run_refine(refine_model, vae, source, to_uint8(coarse), seed=seed, steps=refine.steps,
+                               cfg=refine.guidance_scale, cfg_rescale=-1.0, scheduler=refine.scheduler)
         return io.NodeOutput(images_out(final), images_out(coarse))
 
 

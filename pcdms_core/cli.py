@@ -37,9 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="run the stages on a source image and two poses, write PNGs")
-    g.add_argument("--source", required=True, help="source person image")
-    g.add_argument("--source-pose", required=True, help="source pose: POSE_KEYPOINT/OpenPose .json or DeepFashion .txt")
-    g.add_argument("--target-pose", required=True, help="target pose: .json / .txt keypoints, or a skeleton image (.png/.jpg; demo checkpoint only)")
+    g.add_argument("--source", help="source person image (default, with no poses given: the bundled example)")
+    g.add_argument("--source-pose", help="source pose: POSE_KEYPOINT/OpenPose .json or DeepFashion .txt")
+    g.add_argument("--target-pose", help="target pose: .json / .txt keypoints, or a skeleton image (.png/.jpg; "
+                   "no-prior checkpoint only)")
     g.add_argument("--person", default="largest", help="which person of a multi-person pose: an index or 'largest'")
     g.add_argument("--inpaint", help="stage-2 checkpoint (paper s2_*.pt or demo PCDMs_ckpt.pt, or .safetensors); "
                    "without it the bundled demo models are used")
@@ -81,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=1000)
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, help="default: the official learning rate of the stage")
-    t.add_argument("--variant", choices=["paper", "demo"], default="paper", help="inpainting with or without the prior")
+    t.add_argument("--variant", choices=["paper", "noprior"], default="paper", help="inpainting with or without the prior")
     t.add_argument("--size", type=_size, help="working size per half (default: the demo models' 64)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--data", choices=["synthetic", "deepfashion"], default="synthetic")
@@ -110,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--ema", type=float, default=0.0,
                    help="export an exponential moving average of the weights with this decay (e.g. 0.999; off by default, as officially)")
     t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
-    t.add_argument("--export", help="also write the trained model here (e.g. demo_models/pcdms/...)")
+    t.add_argument("--export", help="also write the trained model here (e.g. pcdms_core/demo_models/pcdms/...)")
     t.add_argument("--export-dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
 
     mc = sub.add_parser("make-coarse", help="stage-2 outputs on training pairs, for training stage 3")
@@ -137,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=25)
     ev.add_argument("--steps", type=int, help="sampling steps of stages 2 and 3 (default: the demo models' settings)")
     for stage in ("inpaint", "refine"):
-        ev.add_argument(f"--{stage}-scheduler", help="default: the demo models' settings (pcdms_core.demo.SAMPLING)")
+        ev.add_argument(f"--{stage}-scheduler", help="default: the demo models' settings (pcdms_core.bundled.SAMPLING)")
         ev.add_argument(f"--{stage}-guidance", type=float)
     ev.add_argument("--refine-strength", type=float, help="stage 3's img2img strength (1: from pure noise)")
     ev.add_argument("--inpaint-noprior", help="demo-variant stage 2 (no prior) scored too (default: the demo model)")
@@ -167,7 +168,7 @@ def _progress(quiet: bool):
 
 def _load_target_pose(path: str, person):
     from .images import as_uint8_batch
-    from .pose import load_pose
+    from .pose.keypoints import load_pose
     from PIL import Image
 
     if Path(path).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
@@ -175,24 +176,38 @@ def _load_target_pose(path: str, person):
     return load_pose(path, person=person)
 
 
+def _cpu_speed_up(model: torch.nn.Module) -> torch.nn.Module:
+    from .cpu import speed_up
+
+    return speed_up(model)
+
+
 def _generate(args) -> int:
     from PIL import Image
 
     from . import images as im
     from .pipeline import PCDMsPipeline, StageSettings
-    from .pose import load_pose
+    from .pose.keypoints import load_pose
 
     person = int(args.person) if args.person.lstrip("-").isdigit() else args.person
+    inputs = ("source", "source_pose", "target_pose")
+    given = [getattr(args, k) is not None for k in inputs]
+    if not any(given):  # the bundled example: the person and poses the demo models were evaluated on
+        from . import bundled
+        for k in inputs:
+            setattr(args, k, str(bundled.example_file(k)))
+    elif not all(given):
+        missing = ", ".join("--" + k.replace("_", "-") for k, g in zip(inputs, given) if not g)
+        raise PCDMsError(f"give {missing} too (or none of --source, --source-pose, --target-pose for the bundled example)")
     if args.inpaint is None:
-        from . import demo
-
-        if not demo.has_demo_models():
-            raise PCDMsError(f"no --inpaint checkpoint given and the demo models are missing from {demo.DEMO_DIR}")
+        from . import bundled
+        if not bundled.has_demo_models():
+            raise PCDMsError(f"no --inpaint checkpoint given and the demo models are missing from {bundled.DEMO_DIR}")
         for name in ("prior", "inpaint", "refine", "clip", "dino", "vae"):
             if getattr(args, name) is None:
-                setattr(args, name, str(demo.demo_file(name)))
-        args.size = args.size or demo.SIZE
-        for stage, settings in demo.SAMPLING.items():  # what the demo models are sampled with, unless given
+                setattr(args, name, str(bundled.demo_file(name)))
+        args.size = args.size or bundled.SIZE
+        for stage, settings in bundled.SAMPLING.items():  # what the demo models are sampled with, unless given
             for key, arg in (("steps", "steps"), ("guidance_scale", "guidance"), ("scheduler", "scheduler"),
                              ("strength", "strength")):
                 if key in settings and getattr(args, f"{stage}_{arg}") is None:
@@ -205,6 +220,7 @@ def _generate(args) -> int:
     pipe = PCDMsPipeline.from_files(
         inpaint=args.inpaint, vae=args.vae, dino=args.dino, prior=args.prior, clip=args.clip, refine=args.refine,
         configs={k: v for k, v in configs.items() if v}, dtype=DTYPES[args.dtype], device=args.device,
+        prepare=_cpu_speed_up if torch.device(args.device or "cpu").type == "cpu" else None,
     )
     source = Image.open(args.source).convert("RGB")
     result = pipe(
@@ -240,7 +256,7 @@ def _generate(args) -> int:
 
 
 def _convert(args) -> int:
-    from .checkpoints import convert_checkpoint
+    from .loading.checkpoints import convert_checkpoint
 
     dtype = None if args.dtype == "keep" else DTYPES[args.dtype]
     print(convert_checkpoint(args.src, args.dst, config=args.config, dtype=dtype))
@@ -248,7 +264,7 @@ def _convert(args) -> int:
 
 
 def _inspect(args) -> int:
-    from .checkpoints import describe, inspect_checkpoint
+    from .loading.checkpoints import describe, inspect_checkpoint
 
     for k, f in enumerate(args.files):
         if k:
@@ -258,12 +274,12 @@ def _inspect(args) -> int:
 
 
 def _train(args) -> int:
-    from . import demo
-    from .training import TrainConfig, train
+    from . import bundled
+    from .train.training import TrainConfig, train
 
     cfg = TrainConfig(
         stage=args.stage, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, variant=args.variant,
-        size=tuple(args.size or demo.SIZE), seed=args.seed, data=args.data, pairs=args.pairs, images=args.images, poses=args.poses,
+        size=tuple(args.size or bundled.SIZE), seed=args.seed, data=args.data, pairs=args.pairs, images=args.images, poses=args.poses,
         pose_images=args.pose_images, vae=args.vae, clip=args.clip, dino=args.dino, init=args.init, coarse=args.coarse,
         augment=args.augment, degrade=args.degrade, decoder_only=args.decoder_only, pool=args.pool, save_every=args.save_every,
         ema=args.ema, mixed_precision=args.mixed_precision,
@@ -274,7 +290,7 @@ def _train(args) -> int:
 
 
 def _make_coarse(args) -> int:
-    from .training import make_coarse
+    from .train.training import make_coarse
 
     print(make_coarse(args.inpaint, args.out, count=args.count, seed=args.seed, steps=args.steps,
                       batch_size=args.batch_size, scheduler=args.scheduler, guidance_scale=args.guidance,
@@ -283,7 +299,7 @@ def _make_coarse(args) -> int:
 
 
 def _init_encoders(args) -> int:
-    from .training import write_stand_in_encoders
+    from .train.training import write_stand_in_encoders
 
     for p in write_stand_in_encoders(args.clip, args.dino):
         print(p)
@@ -291,14 +307,14 @@ def _init_encoders(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from . import demo
-    from .checkpoints import load_checkpoint
-    from .evaluation import evaluate, format_table
+    from . import bundled
+    from .loading.checkpoints import load_checkpoint
+    from .train.evaluation import evaluate, format_table
     from .pipeline import PCDMsPipeline
 
-    files = {n: getattr(args, n) or str(demo.demo_file(n)) for n in ("prior", "inpaint", "refine", "clip", "dino", "vae")}
+    files = {n: getattr(args, n) or str(bundled.demo_file(n)) for n in ("prior", "inpaint", "refine", "clip", "dino", "vae")}
     pipe = PCDMsPipeline.from_files(**files)
-    settings = {k: dict(v) for k, v in demo.SAMPLING.items()}
+    settings = {k: dict(v) for k, v in bundled.SAMPLING.items()}
     for stage, v in settings.items():
         v["steps"] = args.steps or v["steps"]
         v["scheduler"] = getattr(args, f"{stage}_scheduler") or v["scheduler"]
@@ -306,8 +322,8 @@ def _evaluate(args) -> int:
         v["guidance_scale"] = v["guidance_scale"] if g is None else g
     if args.refine_strength is not None:
         settings["refine"]["strength"] = args.refine_strength
-    noprior = load_checkpoint(args.inpaint_noprior or demo.demo_file("inpaint_demo"), expect="inpaint")
-    result = evaluate(pipe, args.out, count=args.pairs, batch_size=args.batch_size, settings=settings, size=demo.SIZE,
+    noprior = load_checkpoint(args.inpaint_noprior or bundled.demo_file("inpaint_noprior"), expect="inpaint")
+    result = evaluate(pipe, args.out, count=args.pairs, batch_size=args.batch_size, settings=settings, size=bundled.SIZE,
                       noprior=noprior)
     print(format_table(result))
     return 0

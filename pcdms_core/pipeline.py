@@ -12,23 +12,29 @@ be an image (for example a DWPose rendering).
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
 import torch
 
 from . import images as im
-from .checkpoints import load_checkpoint
-from .encoders import ImageEncoder, load_image_encoder
+from .loading.checkpoints import load_checkpoint
+from .networks.encoders import ImageEncoder
+from .loading.encoders import load_image_encoder
 from .errors import InputError
-from .inpaint import InpaintModel, decode_canvas, encode_canvas, sample_inpaint
-from .memory import release_memory
-from .pose import Pose, pose_vector, render_pose
-from .prior import PriorTransformer, sample_prior
-from .refine import RefineModel, encode_coarse, sample_refine
-from .sampling import SeedLike, StepInfo, as_generator
-from . import vae as vae_ops
-from .vae import load_vae
+from .networks.inpaint import InpaintModel
+from .stages.inpaint import decode_canvas, encode_canvas, sample_inpaint
+from .pose.keypoints import Pose, pose_vector, render_pose
+from .networks.prior import PriorTransformer
+from .stages.prior import sample_prior
+from .networks.refine import RefineModel
+from .stages.refine import encode_coarse, sample_refine
+from .seeding import SeedLike, as_generator
+from .stages.defaults import OFFICIAL_SIZE
+from .stages.loop import StepInfo
+from .networks import vae as vae_ops
+from .loading.vae import load_vae
 
 PoseInput = Union[Pose, torch.Tensor]
 StageCallback = Callable[[str, StepInfo], None]
@@ -65,7 +71,7 @@ def encode_source(
     dino: Optional[ImageEncoder],
     clip: Optional[ImageEncoder] = None,
     *,
-    size: tuple[int, int] = (512, 512),
+    size: tuple[int, int] = OFFICIAL_SIZE,
     prior_size: Optional[tuple[int, int]] = None,
 ) -> SourceFeatures:
     """Encode the source once: DINOv2 on the image stretched to the working ``size`` (as stages 2 and 3 read
@@ -128,13 +134,15 @@ class PCDMsPipeline:
         dtype: torch.dtype = torch.float32,
         device=None,
         lazy: bool = False,
+        prepare: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None,
     ) -> "PCDMsPipeline":
         """Models from local files (see ``checkpoints.load_checkpoint``; ``configs`` may map "prior" /
         "inpaint" / "refine" to a config for tiny or custom-size models).
 
         ``lazy=True`` keeps only the paths: each stage loads its models just before it runs and frees them
         after, so peak memory is the largest stage's, not the sum of all models (about 18 GB in fp32 at the
-        official sizes).
+        official sizes). ``prepare`` is applied to each model once it is loaded (the command line passes
+        ``cpu.speed_up`` for CPU runs).
         """
         configs = configs or {}
         kw = dict(dtype=dtype, device=device)
@@ -146,9 +154,11 @@ class PCDMsPipeline:
             "clip": (lambda: load_image_encoder(clip, "clip", **kw)) if clip else None,
             "refine": (lambda: load_checkpoint(refine, expect="refine", config=configs.get("refine"), **kw)) if refine else None,
         }
+        if prepare is not None:
+            loaders = {k: (lambda f=f: prepare(f())) if f else None for k, f in loaders.items()}
         if not lazy:
             return cls(**{k: (f() if f else None) for k, f in loaders.items()})
-        from .checkpoints import inspect_checkpoint
+        from .loading.checkpoints import inspect_checkpoint
 
         info = inspect_checkpoint(inpaint, config=configs.get("inpaint"))
         models = {k: (Lazy(f, k) if f else None) for k, f in loaders.items()}
@@ -162,7 +172,7 @@ class PCDMsPipeline:
     def _collect(self) -> None:
         """Free the memory of models the caller has just dropped (only lazy pipelines drop any)."""
         if any(isinstance(getattr(self, n), Lazy) for n in ("inpaint", "vae", "dino", "prior", "clip", "refine")):
-            release_memory()
+            gc.collect()
 
     def _check(self) -> None:
         if self.uses_prior and (self.prior is None or self.clip is None):
@@ -194,9 +204,8 @@ class PCDMsPipeline:
         prior = self._load("prior")
         embedding = sample_prior(
             prior, clip_embedding, pose_vector(source_pose), pose_vector(target_pose),
-            steps=settings.steps or 20,
-            guidance_scale=1.0 if settings.guidance_scale is None else settings.guidance_scale,
-            scheduler=settings.scheduler or "unclip", generator=_seed_of(settings, seed), callback=callback,
+            steps=settings.steps, guidance_scale=settings.guidance_scale, scheduler=settings.scheduler,
+            generator=_seed_of(settings, seed), callback=callback,
         )
         del prior
         self._collect()
@@ -251,7 +260,7 @@ class PCDMsPipeline:
         source_pose: PoseInput,
         target_pose: PoseInput,
         *,
-        size: tuple[int, int] = (512, 512),
+        size: tuple[int, int] = OFFICIAL_SIZE,
         prior_size: Optional[tuple[int, int]] = None,
         seed: SeedLike = 42,
         prior_settings: Optional[StageSettings] = None,

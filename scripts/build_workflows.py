@@ -25,7 +25,9 @@ from workflow_tools import (  # noqa: E402
 
 from dataclasses import dataclass  # noqa: E402
 
-from pcdms_core import demo as demo_models  # noqa: E402
+from pcdms_core import bundled as demo_models  # noqa: E402
+
+EXAMPLES = demo_models.DEMO_DIR / "examples"
 
 
 @dataclass(frozen=True)
@@ -325,8 +327,8 @@ def thumbnail(name: str, models: Models, path: Path) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
     card = Image.new("RGB", (512, 384), (24, 24, 28))
-    src = Image.open(ROOT / "assets" / INPUTS["source"]).convert("RGB").resize((176, 256))
-    pose = Image.open(ROOT / "assets" / INPUTS["target_pose_image"]).convert("RGB").resize((176, 256))
+    src = Image.open(EXAMPLES / INPUTS["source"]).convert("RGB").resize((176, 256))
+    pose = Image.open(EXAMPLES / INPUTS["target_pose_image"]).convert("RGB").resize((176, 256))
     card.paste(src, (48, 40))
     card.paste(pose, (288, 40))
     draw = ImageDraw.Draw(card)

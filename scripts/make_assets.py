@@ -1,4 +1,4 @@
-"""Write the example inputs in assets/ (what the workflows and the README's main command use) from the
+"""Write the example inputs in pcdms_core/demo_models/examples/ (what the workflows and the README's main command use) from the
 synthetic set, deterministically:
 
     python scripts/make_assets.py
@@ -17,14 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pcdms_core import images as im  # noqa: E402
-from pcdms_core.pose import render_pose  # noqa: E402
-from pcdms_core.synthetic import SyntheticPairs  # noqa: E402
+from pcdms_core.pose.keypoints import render_pose  # noqa: E402
+from pcdms_core.train.synthetic import SyntheticPairs  # noqa: E402
 
 SEED, PAIR, PHOTO_PAIR = 20261124, 7, 10
 
 
 def main() -> None:
-    out = ROOT / "assets"
+    out = ROOT / "pcdms_core" / "demo_models" / "examples"
     pairs = SyntheticPairs(seed=SEED)
     pair, photo = pairs[PAIR], pairs[PHOTO_PAIR]
     im.to_pil(pair.source)[0].save(out / "pcdms_example_source.png")

@@ -4,7 +4,7 @@
 # repository root; needs accelerate (requirements-dev.txt).
 set -euo pipefail
 RUNS=${RUNS:-runs}
-D=demo_models
+D=pcdms_core/demo_models
 py() { PYTHONPATH=. python -m pcdms_core "$@"; }
 # two training processes of one thread each (data-parallel on the CPU): about 1.2 times the speed of one
 # process with two threads at these sizes; --batch-size is per process (8 + 8 = 16)
@@ -37,9 +37,9 @@ ddp train refine --coarse $RUNS/coarse.pt --init $RUNS/inpaint_lowlr/inpaint.saf
 ddp train refine --coarse $RUNS/coarse.pt --init $RUNS/refine/refine.safetensors --out $RUNS/refine_lowlr \
    --degrade 0.5 --steps 800 --batch-size 8 --lr 1e-4 --save-every 400 --ema 0.999 \
    --export $D/pcdms/pcdms_demo_refine.safetensors
-# stage 2, demo variant (no prior): from the paper variant's weights (its class embedding dropped), 1500 steps at
+# stage 2 without the prior: from the paper variant's weights (its class embedding dropped), 1500 steps at
 # 1e-4 on a pool of 6000 pairs neither has seen (--seed 2)
-ddp train inpaint --variant demo --init $RUNS/inpaint_lowlr/inpaint.safetensors --out $RUNS/inpaint_noprior --pool 6000 \
+ddp train inpaint --variant noprior --init $RUNS/inpaint_lowlr/inpaint.safetensors --out $RUNS/inpaint_noprior --pool 6000 \
    --seed 2 --steps 1500 --batch-size 8 --lr 1e-4 --save-every 500 --ema 0.999 \
    --export $D/pcdms/pcdms_demo_inpaint_noprior.safetensors
 # the stage ablation on 200 held-out pairs (README, Demo models)

@@ -94,8 +94,8 @@ def write_random_sd_vae(path: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from pcdms_core import _compat
-    from pcdms_core.vae import SD21_BASE_VAE
+    from pcdms_core import diffusers_glue as _compat
+    from pcdms_core.loading.vae import SD21_BASE_VAE
 
     torch.manual_seed(0)
     vae = _compat.AutoencoderKL(**_compat.accepted_kwargs(_compat.AutoencoderKL, SD21_BASE_VAE))

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from pcdms_core import checkpoints, encoders
-from pcdms_core import vae as vae_ops
-
+from pcdms_core.loading import checkpoints, encoders
+from pcdms_core.loading.vae import load_vae
+from pcdms_core.networks import vae as vae_ops
 from helpers import CONFIGS, PARITY
 
 # The references were computed with 2 CPU threads; the same reduction order keeps differences at the 1e-7 level.
@@ -40,7 +40,7 @@ def models():
             if name in CONFIGS:
                 cache[name] = checkpoints.load_checkpoint(PARITY / "checkpoints" / f"{name}.pt", config=CONFIGS[name])
             elif name == "vae":
-                cache[name] = vae_ops.load_vae(PARITY / "vae")
+                cache[name] = load_vae(PARITY / "vae")
             elif name in ("clip_vision", "dinov2"):
                 cache[name] = encoders.load_image_encoder(PARITY / name)
             else:

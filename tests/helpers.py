@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -66,8 +67,7 @@ def tiny_unet(name: str = "s3", seed: int = 5, **changes):
     directly (not through the loaders, so none of their inference shortcuts); returns it and its config."""
     import json
 
-    from pcdms_core import _compat
-
+    from pcdms_core import diffusers_glue as _compat
     cfg = dict(json.loads(CONFIGS[name].read_text()), **changes)
     unet = _compat.UNet2DConditionModel(**_compat.accepted_kwargs(_compat.UNet2DConditionModel, cfg))
     return fill_random(unet, seed), cfg
@@ -99,3 +99,18 @@ def save_deepspeed(path: Path, state_dict: dict, dtype: torch.dtype | None = Non
         path,
     )
     return path
+
+
+@contextlib.contextmanager
+def record_calls(module: torch.nn.Module):
+    """Record (args, kwargs, output) of every forward call of ``module``."""
+    calls = []
+
+    def hook(mod, args, kwargs, output):
+        calls.append((args, kwargs, output))
+
+    handle = module.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()

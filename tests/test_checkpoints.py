@@ -10,17 +10,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from pcdms_core import _compat, checkpoints
-from pcdms_core.checkpoints import SD21_BASE_UNET, convert_checkpoint, inspect_checkpoint, load_checkpoint
+from pcdms_core import diffusers_glue as _compat
+from pcdms_core.loading import checkpoints
+from pcdms_core.loading.checkpoints import SD21_BASE_UNET, convert_checkpoint, inspect_checkpoint, load_checkpoint
 from pcdms_core.errors import CheckpointError
-from pcdms_core.inpaint import InpaintModel
-from pcdms_core.layers import ImageProjector, PoseEncoder, PoseEncoderConfig, ProjectorConfig
-from pcdms_core.prior import PriorConfig, PriorTransformer
-from pcdms_core.refine import RefineModel
+from pcdms_core.networks.inpaint import InpaintModel
+from pcdms_core.networks.layers import ImageProjector, PoseEncoder, PoseEncoderConfig, ProjectorConfig
+from pcdms_core.networks.prior import PriorConfig, PriorTransformer
+from pcdms_core.networks.refine import RefineModel
 
 from helpers import CONFIGS, PARITY, fill_random, save_deepspeed
 
-LAYOUTS = [("s1", "prior", "prior"), ("s2_paper", "inpaint", "paper"), ("s2_demo", "inpaint", "demo"), ("s3", "refine", "refine")]
+LAYOUTS = [("s1", "prior", "prior"), ("s2_paper", "inpaint", "paper"), ("s2_demo", "inpaint", "noprior"), ("s3", "refine", "refine")]
 
 
 def _official(name: str) -> dict:
@@ -89,7 +90,7 @@ def test_a_shared_unet_config_serves_stages_2_and_3(tmp_path):
 
 def test_official_defaults_are_the_official_topology():
     """Built on the meta device: the parameter counts of the released files (spec §6.1)."""
-    from pcdms_core.weights import empty_weights
+    from pcdms_core.loading.weights import empty_weights
 
     with empty_weights():
         prior = PriorTransformer()
@@ -131,7 +132,7 @@ def _tiny_inpaint(variant: str, seed: int) -> InpaintModel:
     return _materialise(InpaintModel(unet, pose, proj, variant), seed)
 
 
-@pytest.mark.parametrize("variant", ["paper", "demo"])
+@pytest.mark.parametrize("variant", ["paper", "noprior"])
 def test_other_tiny_stage2_configs_load_and_match(tmp_path, variant):
     model = _tiny_inpaint(variant, seed=3)
     path = save_deepspeed(tmp_path / "tiny.pt", model.state_dict())
@@ -265,6 +266,6 @@ def test_parts_that_fit_no_variant(tmp_path):
 
 def test_describe_names_the_stage_in_the_papers_words():
     text = checkpoints.describe(inspect_checkpoint(PARITY / "checkpoints" / "s2_demo.pt", config=CONFIGS["s2_demo"]))
-    assert "demo variant" in text and "518,292" in text and "float32" in text and "in_channels 9" in text
+    assert "without the prior" in text and "518,292" in text and "float32" in text and "in_channels 9" in text
     text = checkpoints.describe(inspect_checkpoint(PARITY / "checkpoints" / "s1.pt", config=CONFIGS["s1"]))
     assert "prior" in text and "2 blocks" in text

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pcdms_core.checkpoints import convert_checkpoint
+from pcdms_core.loading.checkpoints import convert_checkpoint
 
 from helpers import CONFIGS, PARITY
 
@@ -67,7 +67,7 @@ def test_convert_and_inspect(tmp_path):
     assert proc.returncode == 0, proc.stderr
     proc = run_cli("inspect", tmp_path / "demo.safetensors")  # the converted file carries its config
     assert proc.returncode == 0, proc.stderr
-    assert "demo variant" in proc.stdout and "file metadata" in proc.stdout
+    assert "without the prior" in proc.stdout and "file metadata" in proc.stdout
     proc = run_cli("inspect", PARITY / "checkpoints/s1.pt", "--config", CONFIGS["s1"])
     assert proc.returncode == 0, proc.stderr
     assert "stage-1 prior" in proc.stdout and "2 blocks, width 16" in proc.stdout

@@ -1,4 +1,4 @@
-"""Cross-attention rows with an all-zero context (pcdms_core.cross_attention) against diffusers' computation."""
+"""Cross-attention rows with an all-zero context (pcdms_core.cpu.cross_attention) against diffusers' computation."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import copy
 import pytest
 import torch
 
-from pcdms_core import _compat
-from pcdms_core.cross_attention import ENV, ZeroContextSkipping, skip_zero_context
+from pcdms_core import diffusers_glue as _compat
+from pcdms_core.cpu import speed_up
+from pcdms_core.cpu.cross_attention import ZeroContextSkipping, skip_zero_context
 
 from helpers import tiny_unet
 
@@ -61,7 +62,7 @@ def test_rows_with_a_zero_context_are_the_output_bias_and_are_not_computed():
     assert seen == [2] * n_cross  # nothing computed for the zeros; the whole batch when no row is zero
 
 
-def test_gradients_eval_mode_and_the_switch_take_the_full_computation(monkeypatch):
+def test_gradients_and_train_mode_take_the_full_computation():
     plain, fast, cfg = _unets()
     skip_zero_context(fast)
     seen = _spy(fast)
@@ -69,10 +70,6 @@ def test_gradients_eval_mode_and_the_switch_take_the_full_computation(monkeypatc
     ctx[0] = 0
     with torch.enable_grad():
         assert torch.equal(fast(x, t, encoder_hidden_states=ctx).sample, plain(x, t, encoder_hidden_states=ctx).sample)
-    monkeypatch.setenv(ENV, "0")
-    with torch.no_grad():
-        assert torch.equal(fast(x, t, encoder_hidden_states=ctx).sample, plain(x, t, encoder_hidden_states=ctx).sample)
-    monkeypatch.delenv(ENV)
     fast.train()
     plain.train()
     with torch.no_grad():
@@ -93,7 +90,10 @@ def test_cross_attention_with_key_or_value_biases_or_norms_is_left_alone():
 
 
 @pytest.mark.parametrize("name", ["s2_paper", "s3"])
-def test_the_loaders_give_unets_that_skip_zero_contexts(models, name):
-    unet = models(name).unet
+def test_speed_up_gives_loaded_unets_that_skip_zero_contexts(models, name):
+    """The loaders give diffusers' own processors; ``cpu.speed_up`` (applied by the command line on a CPU) wraps them."""
+    model = models(name)
+    assert not any(isinstance(getattr(m, "processor", None), ZeroContextSkipping) for m in model.modules())
+    unet = speed_up(copy.deepcopy(model)).unet
     cross = [m for m in unet.modules() if getattr(m, "is_cross_attention", False)]
     assert cross and all(isinstance(m.processor, ZeroContextSkipping) for m in cross)

@@ -10,28 +10,30 @@ import pytest
 import torch
 from PIL import Image
 
-from pcdms_core import demo, metrics
+from pcdms_core import bundled
+from pcdms_core.train import demo_models as demo
+from pcdms_core.train import metrics
 from pcdms_core import images as im
-from pcdms_core.checkpoints import inspect_checkpoint, load_checkpoint
-from pcdms_core.pose import load_pose
-from pcdms_core.synthetic import SyntheticPairs
+from pcdms_core.loading.checkpoints import inspect_checkpoint, load_checkpoint
+from pcdms_core.pose.keypoints import load_pose
+from pcdms_core.train.synthetic import SyntheticPairs
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT / "assets"
+ASSETS = ROOT / "pcdms_core" / "demo_models" / "examples"
 
 
 def test_demo_models_are_complete_and_small():
-    assert demo.has_demo_models(), [k for k in demo.FILES if not demo.demo_file(k).exists()]
-    total = sum(demo.demo_file(k).stat().st_size for k in demo.FILES)
+    assert bundled.has_demo_models(), [k for k in bundled.FILES if not bundled.demo_file(k).exists()]
+    total = sum(bundled.demo_file(k).stat().st_size for k in bundled.FILES)
     assert total <= 30 * 2**20, f"{total / 2**20:.1f} MiB"
-    assert inspect_checkpoint(demo.demo_file("inpaint")).variant == "paper"
-    assert inspect_checkpoint(demo.demo_file("inpaint_demo")).variant == "demo"
-    assert inspect_checkpoint(demo.demo_file("refine")).stage == "refine"
-    assert inspect_checkpoint(demo.demo_file("prior")).stage == "prior"
+    assert inspect_checkpoint(bundled.demo_file("inpaint")).variant == "paper"
+    assert inspect_checkpoint(bundled.demo_file("inpaint_noprior")).variant == "noprior"
+    assert inspect_checkpoint(bundled.demo_file("refine")).stage == "refine"
+    assert inspect_checkpoint(bundled.demo_file("prior")).stage == "prior"
 
 
 def test_example_assets_are_the_synthetic_pair():
-    """assets/ is scripts/make_assets.py's output: the held-out pair the README's command uses."""
+    """The bundled examples are scripts/make_assets.py's output: the held-out pair the README's command uses."""
     import scripts.make_assets as make_assets  # noqa: F401  (importable; writes nothing on import)
 
     pair = SyntheticPairs(seed=make_assets.SEED)[make_assets.PAIR]
@@ -59,31 +61,32 @@ def test_readme_main_command_moves_the_person(tmp_path):
 
 
 def test_evaluation_runs_and_writes_its_table(tmp_path):
-    from pcdms_core.evaluation import demo_pipeline, evaluate
+    from pcdms_core.train.evaluation import demo_pipeline, evaluate
 
-    noprior = load_checkpoint(demo.demo_file("inpaint_demo"), expect="inpaint")
+    noprior = load_checkpoint(bundled.demo_file("inpaint_noprior"), expect="inpaint")
     result = evaluate(demo_pipeline(), tmp_path, count=2, batch_size=2, steps={"prior": 2, "inpaint": 2, "refine": 2},
                       progress=False, noprior=noprior)
     assert set(result["metrics"]) == {"source copy", "stage 2, zeroed embedding", "stage 2", "stages 1-3",
-                                      "stage 2, demo variant (no prior)"}
+                                      "stage 2 without the prior"}
     assert all(0 < m["ssim"] < 1 and m["colour_error"] > 0 for m in result["metrics"].values())
     # the demo models' sampler settings, with the step counts overridden
-    assert result["settings"]["inpaint"] == dict(demo.SAMPLING["inpaint"], steps=2)
-    assert result["settings"]["refine"] == dict(demo.SAMPLING["refine"], steps=2)
-    assert demo.SAMPLING["inpaint"]["scheduler"] in (tmp_path / "results.md").read_text()
+    assert result["settings"]["inpaint"] == dict(bundled.SAMPLING["inpaint"], steps=2)
+    assert result["settings"]["refine"] == dict(bundled.SAMPLING["refine"], steps=2)
+    assert bundled.SAMPLING["inpaint"]["scheduler"] in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.md").read_text().count("|") > 20
-    w, h = demo.SIZE
+    w, h = bundled.SIZE
     assert Image.open(tmp_path / "grid.png").size == (5 * w, 2 * h)
 
 
+@pytest.mark.slow
 def test_the_stage_ablation_holds_on_held_out_pairs(tmp_path):
     """The README's table, on all its 200 held-out pairs with the demo settings (about 2.5 minutes on 2 cores; on
     fewer pairs the colour margins are within the pairs' spread): the three stages beat both baselines, the copied
     source and stage 2 alone, on both measures, and stage 2 with the prior's embedding beats stage 2 with a zeroed
     one: the paper's stage ablation, in miniature. And the README's figures are the ones these files give."""
-    from pcdms_core.evaluation import demo_pipeline, evaluate
+    from pcdms_core.train.evaluation import demo_pipeline, evaluate
 
-    noprior = load_checkpoint(demo.demo_file("inpaint_demo"), expect="inpaint")
+    noprior = load_checkpoint(bundled.demo_file("inpaint_noprior"), expect="inpaint")
     m = evaluate(demo_pipeline(), tmp_path, count=200, batch_size=25, progress=False, noprior=noprior)["metrics"]
     # the README's table is what these files give (to float rounding across CPUs)
     readme = (ROOT / "README.md").read_text()
@@ -116,12 +119,13 @@ def _script_commands(text: str, env: dict) -> list[list[str]]:
 def test_the_demo_training_script_runs_only_valid_commands(monkeypatch):
     """scripts/train_demo_models.sh takes two hours, so no test runs it; each of its commands is parsed by the
     CLI here, and each training command builds its TrainConfig (which refuses conflicting options)."""
-    from pcdms_core import cli, training
+    from pcdms_core import cli
+    from pcdms_core.train import training
 
     configs = []
     monkeypatch.setattr(training, "train", lambda cfg: configs.append(cfg) or "trained")
     commands = _script_commands((ROOT / "scripts" / "train_demo_models.sh").read_text(),
-                                {"RUNS": "runs", "D": "demo_models", "VAE_MP": "bf16"})
+                                {"RUNS": "runs", "D": "pcdms_core/demo_models", "VAE_MP": "bf16"})
     names = [c[0] for c in commands]
     assert names.count("train") == 8 and {"init-encoders", "make-coarse", "evaluate"} <= set(names), names
     for argv in commands:
@@ -132,4 +136,4 @@ def test_the_demo_training_script_runs_only_valid_commands(monkeypatch):
     assert [c.stage for c in configs] == ["vae", "vae", "prior", "inpaint", "inpaint", "refine", "refine", "inpaint"]
     # every shipped file is the export of one of them
     exported = {c.export_to for c in configs if c.export_to}
-    assert exported == {f"demo_models/{demo.FILES[k]}" for k in ("vae", "prior", "inpaint", "refine", "inpaint_demo")}
+    assert exported == {f"pcdms_core/demo_models/{bundled.FILES[k]}" for k in ("vae", "prior", "inpaint", "refine", "inpaint_noprior")}

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pcdms_core.encoders import load_image_encoder
+from pcdms_core.loading.encoders import load_image_encoder
 from pcdms_core.errors import CheckpointError
-from pcdms_core.vae import load_vae
+from pcdms_core.loading.vae import load_vae
 
 from helpers import PARITY
 

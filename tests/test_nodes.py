@@ -12,7 +12,7 @@ import torch
 import comfy_stub
 from helpers import CONFIGS, PARITY
 
-from pcdms_core.checkpoints import convert_checkpoint
+from pcdms_core.loading.checkpoints import convert_checkpoint
 
 
 async def _node_list(pack):
@@ -120,14 +120,14 @@ def test_loader_lists_and_describes(env):
     options = schema.inputs[0].options
     assert {"PCDMs_ckpt.safetensors", "s1_512.safetensors", "s2_512.safetensors", "s3_512.safetensors"} <= set(options)
     model, info = run(env, "PCDMsCheckpointLoader", ckpt_name="PCDMs_ckpt.safetensors", dtype="fp32")
-    assert model.kind == "inpaint" and model.info.variant == "demo"
-    assert "demo variant" in info
-    assert model.patcher.model.inner.variant == "demo"  # the ModelPatcher holds our model in a thin holder
+    assert model.kind == "inpaint" and model.info.variant == "noprior"
+    assert "without the prior" in info
+    assert model.patcher.model.inner.variant == "noprior"  # the ModelPatcher holds our model in a thin holder
 
 
 def test_paper_chain_equals_the_core_pipeline(env):
     from pcdms_core.pipeline import PCDMsPipeline, StageSettings
-    from pcdms_core.pose import load_pose
+    from pcdms_core.pose.keypoints import load_pose
 
     m = _load(env)
     pose_src, _ = run(env, "PCDMsLoadPose", pose_file="pose_a.json", person=-1, canvas_width=0, canvas_height=0)
@@ -215,7 +215,7 @@ def test_cancel_stops_within_one_step(env):
 
 def test_comfyui_vae_adapter_matches_the_diffusers_vae(env):
     """ComfyUI's VAE object (first_stage_model with encoder / quant_conv / decode) through ComfyVAECodec."""
-    core_vae = env.pack.pcdms_core.vae  # the pack's own copy of the library, as ComfyUI imports it
+    core_vae = env.pack.pcdms_core  # the pack's own copy of the library, as ComfyUI imports it
     models = env.pack.nodes.models
     vae = _load(env).vae.patcher.model.inner
 
@@ -262,10 +262,8 @@ def test_errors_users_can_act_on(env):
     with pytest.raises(PCDMsError, match="connect the target pose"):
         run(env, "PCDMsInpaint", model=m.demo, vae=m.vae, source=source, source_pose=pose, seed=0, steps=2, cfg=2.0,
             scheduler="auto", batch_size=1)
-    odd = run(env, "PCDMsEncodeSource", image=_image("src_a.png"), dino=m.dino, clip=None, width=72, height=64)[0]
-    with pytest.raises(PCDMsError, match="72x64 is not usable: width and height must be positive multiples of 16"):
-        run(env, "PCDMsInpaint", model=m.demo, vae=m.vae, source=odd, source_pose=pose, target_pose=pose, seed=0,
-            steps=2, cfg=2.0, scheduler="auto", batch_size=1)
+    with pytest.raises(PCDMsError, match="68x64 is not usable: width and height must be positive multiples of 8"):
+        run(env, "PCDMsEncodeSource", image=_image("src_a.png"), dino=m.dino, clip=None, width=68, height=64)
     with pytest.raises(PCDMsError, match="does not describe|is a CLIP vision model"):
         run(env, "PCDMsDINOv2Loader", encoder_name="clip_tiny.safetensors", dtype="auto")
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from pcdms_core import encoders
-from pcdms_core.pose import load_pose, pose_vector
+from pcdms_core.networks import encoders
+from pcdms_core.pose.keypoints import load_pose, pose_vector
 
 from helpers import PARITY, assert_close
 

@@ -3,8 +3,8 @@
 import torch
 
 from pcdms_core import images as im
-from pcdms_core import vae as vae_ops
-from pcdms_core.prior import to_clip_space
+from pcdms_core.networks import vae as vae_ops
+from pcdms_core.networks.prior import to_clip_space
 
 from helpers import assert_close
 

@@ -6,36 +6,20 @@ The official runs drew some noise from torch's global RNG; the stored seeds (REA
 generators, which draw the same numbers on the CPU.
 """
 
-import contextlib
 
 import pytest
 import torch
 
 from pcdms_core import images as im
-from pcdms_core import vae as vae_ops
-from pcdms_core.inpaint import sample_inpaint
-from pcdms_core.prior import sample_prior
-from pcdms_core.refine import sample_refine
-from pcdms_core.sampling import make_scheduler
+from pcdms_core.networks import vae as vae_ops
+from pcdms_core.stages.inpaint import sample_inpaint
+from pcdms_core.stages.prior import sample_prior
+from pcdms_core.stages.refine import sample_refine
+from pcdms_core.stages.loop import make_scheduler
 
-from helpers import assert_close, assert_trajectory_close, assert_u8_close, rel_l2
+from helpers import record_calls, assert_close, assert_trajectory_close, assert_u8_close, rel_l2
 
 FINAL_RTOL = 1e-4
-
-
-@contextlib.contextmanager
-def record_calls(module: torch.nn.Module):
-    """Record (args, kwargs, output) of every forward call of ``module``."""
-    calls = []
-
-    def hook(mod, args, kwargs, output):
-        calls.append((args, kwargs, output))
-
-    handle = module.register_forward_hook(hook, with_kwargs=True)
-    try:
-        yield calls
-    finally:
-        handle.remove()
 
 
 class Steps:
@@ -139,7 +123,7 @@ def test_paper_stage2_masked_latents_and_mask(models, inputs, refs):
     sample = calls[0][0][0]
     assert torch.equal(sample[:1, 4:5], r["run.s2p_5.mask"])
     # The canvases we build from the input files equal the official ones byte for byte.
-    from pcdms_core.inpaint import prepare_canvases
+    from pcdms_core.stages.inpaint import prepare_canvases
 
     masked, poses = prepare_canvases(inputs("src_a.png"), inputs("pose_a.png"), inputs("pose_t1.png"), (64, 64))
     assert torch.equal(masked[0], r["run.inputs.vae_image_u8"])

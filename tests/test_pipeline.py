@@ -4,13 +4,12 @@ import pytest
 import torch
 
 from pcdms_core.errors import InputError
-from pcdms_core.inpaint import sample_inpaint
+from pcdms_core.stages.inpaint import sample_inpaint
 from pcdms_core.pipeline import PCDMsPipeline, StageSettings
-from pcdms_core.pose import load_pose, pose_vector, render_pose
-from pcdms_core.prior import sample_prior
-from pcdms_core.refine import sample_refine
+from pcdms_core.pose.keypoints import load_pose, pose_vector, render_pose
+from pcdms_core.stages.prior import sample_prior
+from pcdms_core.stages.refine import sample_refine
 from pcdms_core import images as im
-
 from helpers import PARITY
 
 
@@ -87,7 +86,7 @@ def test_paper_pipeline_needs_the_prior_and_keypoints(models, pipe, inputs):
 
 
 def test_lazy_pipeline_loads_each_stage_when_needed_and_gives_the_same_images(tmp_path, inputs, monkeypatch):
-    from pcdms_core.checkpoints import convert_checkpoint
+    from pcdms_core.loading.checkpoints import convert_checkpoint
     from pcdms_core.pipeline import Lazy
 
     from helpers import CONFIGS
@@ -119,8 +118,7 @@ def test_lazy_pipeline_loads_each_stage_when_needed_and_gives_the_same_images(tm
     kw = dict(size=(64, 64), seed=2, prior_settings=StageSettings(steps=2), inpaint_settings=StageSettings(steps=2),
               refine_settings=StageSettings(steps=2))
     a = eager(inputs("src_a.png"), sp, tp, **kw)
-    from pcdms_core import vae as vae_ops
-
+    from pcdms_core.networks import vae as vae_ops
     # which UNets are in memory while the VAE encodes or decodes (its activations are the largest of a stage)
     vae_calls = []
     for op in ("encode", "decode"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pcdms_core.errors import PoseError
-from pcdms_core.pose import (
+from pcdms_core.pose.keypoints import (
     JOINT_NAMES,
     Pose,
     align_pose,

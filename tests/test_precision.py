@@ -6,9 +6,10 @@ import warnings
 import pytest
 import torch
 
-from pcdms_core import demo, precision
-from pcdms_core import vae as vae_ops
-from pcdms_core.encoders import ImageEncoder
+from pcdms_core import devices as precision
+from pcdms_core.train import demo_models as demo
+from pcdms_core.networks import vae as vae_ops
+from pcdms_core.networks.encoders import ImageEncoder
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pcdms_core.skeleton import draw_skeleton
+from pcdms_core.pose.render import draw_skeleton
 
 INPUTS = Path(__file__).parent / "fixtures" / "parity" / "inputs"
 

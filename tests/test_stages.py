@@ -5,10 +5,11 @@ import torch
 from PIL import Image
 
 from pcdms_core.errors import InputError
-from pcdms_core.inpaint import sample_inpaint
-from pcdms_core.prior import sample_prior
-from pcdms_core.refine import sample_refine
-from pcdms_core.sampling import UNET_SCHEDULERS, as_generator, make_scheduler
+from pcdms_core.stages.inpaint import sample_inpaint
+from pcdms_core.stages.prior import sample_prior
+from pcdms_core.stages.refine import sample_refine
+from pcdms_core.stages.loop import UNET_SCHEDULERS, make_scheduler
+from pcdms_core.seeding import as_generator
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,6 @@ def test_batch_of_sources(paper_inputs, models, inputs):
     import torch as t
 
     from pcdms_core import images as im
-
     srcs = im.as_uint8_batch([inputs("src_a.png"), inputs("src_a.png").transpose(0)])  # mirrored second person
     tokens = models("dinov2").encode(srcs, (64, 64))
     res = sample_inpaint(
@@ -118,7 +118,7 @@ def test_refine_guidance_and_batches(models, inputs):
 
 @pytest.mark.parametrize("name", UNET_SCHEDULERS)
 def test_refine_strength_runs_the_last_steps_from_the_noised_coarse_image(models, inputs, name):
-    from pcdms_core.refine import encode_coarse
+    from pcdms_core.stages.refine import encode_coarse
 
     tokens = models("dinov2").encode(inputs("src_a.png"), (64, 64))
     coarse = inputs("../refs/s3_input_coarse.png")
@@ -141,7 +141,7 @@ def test_refine_strength_runs_the_last_steps_from_the_noised_coarse_image(models
 
 
 def test_noised_start_is_the_schedule_noising_at_the_first_kept_step():
-    from pcdms_core.sampling import noised_start, start_part_way
+    from pcdms_core.stages.loop import noised_start, start_part_way
 
     sched = make_scheduler("ddim")
     sched.set_timesteps(20)
@@ -158,7 +158,7 @@ def test_noised_start_is_the_schedule_noising_at_the_first_kept_step():
 # --- bad input -----------------------------------------------------------------------------------------------------
 
 def test_size_must_fit_the_models(paper_inputs):
-    with pytest.raises(InputError, match="multiples of 16"):
+    with pytest.raises(InputError, match="multiples of 8"):
         _inpaint(paper_inputs, size=(60, 64))
 
 
@@ -179,7 +179,6 @@ def test_wrong_encoder_features_are_named(paper_inputs):
 
 def test_wrong_pose_batch(paper_inputs):
     from pcdms_core import images as im
-
     two = im.as_uint8_batch([paper_inputs["target_pose"]] * 2)
     with pytest.raises(InputError, match="target pose image batch has 2"):
         _inpaint({**paper_inputs, "target_pose": two})

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from pcdms_core import demo, metrics
-from pcdms_core.checkpoints import load_checkpoint
-from pcdms_core.encoders import load_image_encoder
-from pcdms_core.synthetic import SyntheticPairs
-from pcdms_core.training import TrainConfig, losses, train, write_stand_in_encoders
-from pcdms_core.vae import load_vae, save_vae
+from pcdms_core import bundled
+from pcdms_core.train import demo_models as demo
+from pcdms_core.train import metrics
+from pcdms_core.loading.checkpoints import load_checkpoint
+from pcdms_core.loading.encoders import load_image_encoder
+from pcdms_core.train.synthetic import SyntheticPairs
+from pcdms_core.train.training import TrainConfig, losses, train, write_stand_in_encoders
+from pcdms_core.loading.vae import load_vae, save_vae
 
 
 def test_synthetic_pairs_are_deterministic_and_consistent():
@@ -129,10 +131,10 @@ class NoData:
 
 
 def test_inpaint_pool_keeps_encodings_and_steps_as_on_fresh_pairs(tmp_path, frozen, monkeypatch):
-    from pcdms_core import vae as vae_ops
-    from pcdms_core.training import InpaintStage, _data
+    from pcdms_core.networks import vae as vae_ops
+    from pcdms_core.train.training import InpaintStage, _data
 
-    for variant in ("paper", "demo"):
+    for variant in ("paper", "noprior"):
         cfg = TrainConfig(stage="inpaint", out=str(tmp_path / "x"), pool=10, variant=variant, drop_rate=0.5, **frozen)
         stage, data = InpaintStage(cfg, "cpu"), _data(cfg)
         torch.nn.init.normal_(stage.model.pose_proj.conv_out.weight, std=0.1)  # let the poses count
@@ -173,22 +175,22 @@ def test_inpaint_pool_keeps_encodings_and_steps_as_on_fresh_pairs(tmp_path, froz
 
 
 def test_stage_2_can_start_from_the_other_variant():
-    from pcdms_core.training import inpaint_as_variant
+    from pcdms_core.train.training import inpaint_as_variant
 
     torch.manual_seed(2)
     paper = demo.build_inpaint("paper")
-    as_demo = inpaint_as_variant(paper, "demo")
-    assert as_demo.variant == "demo" and as_demo.unet.class_embedding is None
+    as_demo = inpaint_as_variant(paper, "noprior")
+    assert as_demo.variant == "noprior" and as_demo.unet.class_embedding is None
     theirs = paper.state_dict()
     for name, value in as_demo.state_dict().items():
         torch.testing.assert_close(value, theirs[name.replace("image_proj_model.", "image_proj_model_p.")], rtol=0, atol=0)
     # demo -> paper: a class embedding that adds nothing at first, so it starts as the demo model ran
     torch.manual_seed(3)
-    small = demo.build_inpaint("demo")
+    small = demo.build_inpaint("noprior")
     torch.nn.init.normal_(small.pose_proj.conv_out.weight, std=0.05)
     as_paper = inpaint_as_variant(small, "paper")
     assert as_paper.variant == "paper" and as_paper.unet.class_embedding is not None
-    assert inpaint_as_variant(small, "demo") is small
+    assert inpaint_as_variant(small, "noprior") is small
     x = torch.randn(2, 9, 16, 32)
     tokens, emb = torch.randn(2, 5, demo.TOKEN_DIM), torch.randn(2, demo.EMBED_DIM)
     poses = torch.rand(2, 3, 64, 128) * 2 - 1
@@ -235,9 +237,9 @@ def test_training_in_two_processes_on_a_cpu(tmp_path, frozen):
 
 
 def test_refining_can_start_from_a_stage_2_model(tmp_path, frozen):
-    from pcdms_core.training import refine_from_inpaint
+    from pcdms_core.train.training import refine_from_inpaint
 
-    for variant in ("paper", "demo"):
+    for variant in ("paper", "noprior"):
         torch.manual_seed(1)
         inpaint = demo.build_inpaint(variant)
         refine = refine_from_inpaint(inpaint)
@@ -252,10 +254,10 @@ def test_refining_can_start_from_a_stage_2_model(tmp_path, frozen):
         for name, value in refine.image_proj.state_dict().items():
             torch.testing.assert_close(value, inpaint.image_proj.state_dict()[name], rtol=0, atol=0)
     # through train(): --init with a stage-2 file starts refining from it
-    from pcdms_core.checkpoints import save_checkpoint
+    from pcdms_core.loading.checkpoints import save_checkpoint
 
     save_checkpoint(inpaint, tmp_path / "s2.safetensors")
-    cached = torch.randint(0, 256, (3, 3, *demo.SIZE[::-1]), dtype=torch.uint8)
+    cached = torch.randint(0, 256, (3, 3, *bundled.SIZE[::-1]), dtype=torch.uint8)
     torch.save({"images": cached}, tmp_path / "coarse.pt")
     cfg = TrainConfig(stage="refine", out=str(tmp_path / "s3"), steps=1, batch_size=2, lr=1e-12, save_every=10,
                       coarse=str(tmp_path / "coarse.pt"), init=str(tmp_path / "s2.safetensors"), **frozen)
@@ -265,12 +267,12 @@ def test_refining_can_start_from_a_stage_2_model(tmp_path, frozen):
 
 
 def test_refine_training_on_stage2_outputs_with_augmentation(tmp_path, frozen):
-    from pcdms_core.training import make_coarse
+    from pcdms_core.train.training import make_coarse
 
-    coarse = make_coarse(demo.demo_file("inpaint"), tmp_path / "coarse.pt", count=3, steps=2, batch_size=2,
+    coarse = make_coarse(bundled.demo_file("inpaint"), tmp_path / "coarse.pt", count=3, steps=2, batch_size=2,
                          progress=False, **frozen)
     images = torch.load(coarse, weights_only=True)["images"]
-    assert images.shape == (3, 3, *demo.SIZE[::-1]) and images.dtype == torch.uint8
+    assert images.shape == (3, 3, *bundled.SIZE[::-1]) and images.dtype == torch.uint8
     cfg = TrainConfig(stage="refine", out=str(tmp_path / "s3"), steps=2, batch_size=2, save_every=10,
                       coarse=str(coarse), augment=True, **frozen)
     model = load_checkpoint(train(cfg, progress=False), expect="refine")
@@ -284,21 +286,21 @@ def test_make_coarse_command_uses_the_frozen_models_it_is_given(tmp_path, frozen
     """`make-coarse --vae/--clip/--dino`: a stage 2 trained on another VAE gets its coarse images made with it."""
     from pcdms_core.cli import main
 
-    args = ["make-coarse", "--inpaint", str(demo.demo_file("inpaint")), "--count", "2", "--steps", "1",
+    args = ["make-coarse", "--inpaint", str(bundled.demo_file("inpaint")), "--count", "2", "--steps", "1",
             "--batch-size", "2"]
     assert main(args + ["--out", str(tmp_path / "given.pt")] + [f"--{k}={v}" for k, v in frozen.items()]) == 0
     assert main(args + ["--out", str(tmp_path / "demo.pt")]) == 0
     given = torch.load(tmp_path / "given.pt", weights_only=True)["images"]
     default = torch.load(tmp_path / "demo.pt", weights_only=True)["images"]
-    assert given.shape == default.shape == (2, 3, *demo.SIZE[::-1])
+    assert given.shape == default.shape == (2, 3, *bundled.SIZE[::-1])
     # the random VAE decodes to something else than the trained demo VAE
     assert (given.float() - default.float()).abs().mean() > 10
 
 
 def test_refine_training_with_made_up_coarse_images_mixes_in_fresh_pairs(tmp_path, frozen):
-    from pcdms_core.training import RefineStage
+    from pcdms_core.train.training import RefineStage
 
-    cached = torch.randint(0, 256, (3, 3, *demo.SIZE[::-1]), dtype=torch.uint8)
+    cached = torch.randint(0, 256, (3, 3, *bundled.SIZE[::-1]), dtype=torch.uint8)
     torch.save({"images": cached}, tmp_path / "coarse.pt")
     cfg = TrainConfig(stage="refine", out=str(tmp_path / "s3"), steps=2, batch_size=4, save_every=10,
                       coarse=str(tmp_path / "coarse.pt"), degrade=0.5, **frozen)
@@ -325,9 +327,9 @@ def test_refine_training_with_made_up_coarse_images_mixes_in_fresh_pairs(tmp_pat
 
 
 def test_degrade_target_makes_a_plausible_wrong_coarse_image():
-    from pcdms_core.training import SyntheticData, degrade_target
+    from pcdms_core.train.training import SyntheticData, degrade_target
 
-    b = SyntheticData(5, demo.SIZE).batch(list(range(16)))
+    b = SyntheticData(5, bundled.SIZE).batch(list(range(16)))
     made = degrade_target(b.target, b.target_skeleton, b.target_mask, torch.Generator().manual_seed(1))
     again = degrade_target(b.target, b.target_skeleton, b.target_mask, torch.Generator().manual_seed(1))
     other = degrade_target(b.target, b.target_skeleton, b.target_mask, torch.Generator().manual_seed(2))
@@ -356,7 +358,7 @@ def test_vae_decoder_only_training_keeps_the_latent_space(tmp_path, frozen):
 
 
 def test_vae_training_from_a_file_and_from_a_pool(tmp_path, frozen):
-    from pcdms_core.training import VaeStage, _data
+    from pcdms_core.train.training import VaeStage, _data
 
     # a VAE given with --init comes frozen from its file: all of it trains (the decoder alone with --decoder-only)
     full = VaeStage(TrainConfig(stage="vae", out=str(tmp_path / "x"), init=frozen["vae"]), "cpu")
@@ -387,34 +389,34 @@ def test_vae_training_from_a_file_and_from_a_pool(tmp_path, frozen):
 
 def test_make_coarse_with_the_prior_gives_stage_2_the_predicted_embedding(tmp_path, frozen):
     from pcdms_core import images as im
-    from pcdms_core.inpaint import sample_inpaint
-    from pcdms_core.prior import sample_prior
-    from pcdms_core.training import SyntheticData, make_coarse
+    from pcdms_core.stages.inpaint import sample_inpaint
+    from pcdms_core.stages.prior import sample_prior
+    from pcdms_core.train.training import SyntheticData, make_coarse
 
     kw = dict(count=2, steps=2, batch_size=2, progress=False, **frozen)
-    with_prior = make_coarse(demo.demo_file("inpaint"), tmp_path / "p.pt", prior=demo.demo_file("prior"), **kw)
+    with_prior = make_coarse(bundled.demo_file("inpaint"), tmp_path / "p.pt", prior=bundled.demo_file("prior"), **kw)
     saved = torch.load(with_prior, weights_only=True)
     assert saved["embedding"] == "prior"
-    with_target = torch.load(make_coarse(demo.demo_file("inpaint"), tmp_path / "t.pt", **kw), weights_only=True)
+    with_target = torch.load(make_coarse(bundled.demo_file("inpaint"), tmp_path / "t.pt", **kw), weights_only=True)
     assert with_target["embedding"] == "target"
     assert not torch.equal(saved["images"], with_target["images"])
 
-    b = SyntheticData(0, demo.SIZE).batch([0, 1])  # the same pairs, embedding and seeds, by hand
+    b = SyntheticData(0, bundled.SIZE).batch([0, 1])  # the same pairs, embedding and seeds, by hand
     clip, dino = load_image_encoder(frozen["clip"], "clip"), load_image_encoder(frozen["dino"], "dinov2")
-    emb = sample_prior(load_checkpoint(demo.demo_file("prior"), expect="prior"), clip.encode(b.source, demo.SIZE),
+    emb = sample_prior(load_checkpoint(bundled.demo_file("prior"), expect="prior"), clip.encode(b.source, bundled.SIZE),
                        b.source_pose, b.target_pose, generator=1)
-    expected = sample_inpaint(load_checkpoint(demo.demo_file("inpaint"), expect="inpaint"), load_vae(frozen["vae"]),
-                              b.source, b.source_skeleton, b.target_skeleton, dino.encode(b.source, demo.SIZE), emb,
-                              size=demo.SIZE, steps=2, generator=0).target
+    expected = sample_inpaint(load_checkpoint(bundled.demo_file("inpaint"), expect="inpaint"), load_vae(frozen["vae"]),
+                              b.source, b.source_skeleton, b.target_skeleton, dino.encode(b.source, bundled.SIZE), emb,
+                              size=bundled.SIZE, steps=2, generator=0).target
     assert torch.equal(saved["images"], im.to_uint8(expected))
     with pytest.raises(Exception, match="needs the paper inpainting model"):
-        make_coarse(demo.demo_file("inpaint_demo"), tmp_path / "x.pt", prior=demo.demo_file("prior"), **kw)
+        make_coarse(bundled.demo_file("inpaint_noprior"), tmp_path / "x.pt", prior=bundled.demo_file("prior"), **kw)
 
 
 def test_joint_augment_changes_each_triple_the_same_way():
     from itertools import permutations
 
-    from pcdms_core.training import _joint_augment
+    from pcdms_core.train.training import _joint_augment
 
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randint(0, 256, (2, 64, 3, 4, 5), dtype=torch.uint8, generator=gen)
@@ -434,7 +436,7 @@ def test_joint_augment_changes_each_triple_the_same_way():
 def test_deepfashion_folder(tmp_path):
     from PIL import Image
 
-    from pcdms_core.training import DeepFashionPairs
+    from pcdms_core.train.training import DeepFashionPairs
 
     pairs = SyntheticPairs(seed=1)
     (tmp_path / "img").mkdir()

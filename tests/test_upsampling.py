@@ -1,4 +1,4 @@
-"""The upsamplers computed on the small image (pcdms_core.upsampling) against diffusers' own computation."""
+"""The upsamplers computed on the small image (pcdms_core.cpu.upsampling) against diffusers' own computation."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pcdms_core import _compat
-from pcdms_core import vae as vae_ops
-from pcdms_core.upsampling import ENV, FoldedUpsample2D, fold_upsamplers, fold_weight, upsample_conv
+from pcdms_core import diffusers_glue as _compat
+from pcdms_core.networks import vae as vae_ops
+from pcdms_core.cpu import speed_up
+from pcdms_core.cpu.upsampling import FoldedUpsample2D, fold_upsamplers, fold_weight, upsample_conv
 
 from helpers import fill_random, tiny_unet
 
@@ -67,7 +68,7 @@ def test_folding_a_unet_keeps_its_weights_and_its_outputs(monkeypatch):
     t = torch.tensor([10, 500])
 
     calls = []
-    import pcdms_core.upsampling as up
+    import pcdms_core.cpu.upsampling as up
 
     real = up.upsample_conv
     monkeypatch.setattr(up, "upsample_conv", lambda *a: calls.append(1) or real(*a))
@@ -83,11 +84,7 @@ def test_folding_a_unet_keeps_its_weights_and_its_outputs(monkeypatch):
         xg = x.clone().requires_grad_(True)
         assert torch.equal(folded(xg, t, encoder_hidden_states=ctx).sample, plain(xg, t, encoder_hidden_states=ctx).sample)
     assert not calls
-    # switched off, and in half precision: the original path too
-    monkeypatch.setenv(ENV, "0")
-    with torch.no_grad():
-        assert torch.equal(folded(x, t, encoder_hidden_states=ctx).sample, want)
-    monkeypatch.delenv(ENV)
+    # in half precision: the original path too
     with torch.no_grad():
         half = folded.to(torch.bfloat16)(x.bfloat16(), t, encoder_hidden_states=ctx.bfloat16()).sample
     assert not calls and half.dtype == torch.bfloat16
@@ -114,23 +111,21 @@ def test_upsamplers_that_are_not_a_plain_3x3_convolution_are_left_alone():
         assert fold_upsamplers(module) == 0 and type(module) is _compat.Upsample2D
 
 
-def test_the_loaders_give_folded_networks(models):
-    """Every UNet and VAE loaded through the real loaders has its upsamplers folded; the parity tests then
-    check the loaded networks against the official numbers with them."""
+def test_the_loaders_give_plain_networks_and_speed_up_folds_them(models):
+    """The loaders build diffusers' own modules (what the nodes run); ``cpu.speed_up`` is applied explicitly."""
     for name in ("s2_paper", "s3"):
         unet = models(name).unet
-        assert any(isinstance(m, FoldedUpsample2D) for m in unet.modules())
-        assert not any(type(m) is _compat.Upsample2D for m in unet.modules())
-    vae = models("vae")
-    assert any(isinstance(m, FoldedUpsample2D) for m in vae.decoder.modules())
+        assert not any(isinstance(m, FoldedUpsample2D) for m in unet.modules())
+        fast = speed_up(copy.deepcopy(models(name))).unet
+        assert any(isinstance(m, FoldedUpsample2D) for m in fast.modules())
+        assert not any(type(m) is _compat.Upsample2D for m in fast.modules())
+    assert not any(isinstance(m, FoldedUpsample2D) for m in models("vae").modules())
 
 
 def test_vae_decode_matches_the_unfolded_decoder(models):
-    vae = models("vae")
-    plain = copy.deepcopy(vae)
-    for m in plain.modules():
-        if isinstance(m, FoldedUpsample2D):
-            m.__class__ = _compat.Upsample2D
+    plain = models("vae")
+    vae = speed_up(copy.deepcopy(plain))
+    assert any(isinstance(m, FoldedUpsample2D) for m in vae.decoder.modules())
     z = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(3))
     got, want = vae_ops.decode(vae, z), vae_ops.decode(plain, z)
     assert got.shape == want.shape == (1, 3, 64, 96)

@@ -80,4 +80,4 @@ def test_example_inputs_are_shipped():
         for node in wf["nodes"]:
             if node["type"] in ("LoadImage", "PCDMsLoadPose"):
                 names.add(node["widgets_values"][0])
-    assert names and all((ROOT / "assets" / n).exists() for n in names), names
+    assert names and all((ROOT / "pcdms_core" / "demo_models" / "examples" / n).exists() for n in names), names

@@ -77,8 +77,8 @@ S.PCDMsInpaint.execute(inpaint, vae, source, 1, 2, 2.0, "auto", 1, embedding=emb
                        target_pose=tgt_pose)
 report["after_inpaint"] = loaded()
 
-# ComfyUI's VAE and the diffusers VAE (pcdms_core.vae.load_vae) on the same file.
-core_vae = pack.pcdms_core.vae
+# ComfyUI's VAE and the diffusers VAE (pcdms_core.load_vae) on the same file.
+core_vae = pack.pcdms_core
 ours = core_vae.load_vae(folder_paths.get_full_path("vae", "sd21-base-vae.safetensors"))
 codec = pack.nodes.models.ComfyVAECodec(vae)
 mm.load_models_gpu([vae.patcher])

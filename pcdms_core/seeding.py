@@ -1,0 +1,28 @@
+"""Seeds and noise: every random draw of the stages goes through here, so a seed gives the same numbers on
+every device (noise is drawn on the generator's device, in fp32)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .errors import InputError
+
+SeedLike = Union[int, torch.Generator, None]
+
+
+def as_generator(seed: SeedLike) -> Optional[torch.Generator]:
+    """An int becomes a CPU generator (so the noise is the same on every device); a generator is kept."""
+    if seed is None or isinstance(seed, torch.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
+    return torch.Generator("cpu").manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+
+
+def randn(shape: Sequence[int], generator: Optional[torch.Generator], device, dtype) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device in fp32, then moved to ``device``/``dtype``."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    noise = torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=torch.float32)
+    return noise.to(device=device, dtype=dtype)

@@ -1,0 +1,224 @@
+"""What the three samplers share: schedulers with the official settings, seeding, CFG and the denoising loop.
+
+The official code samples with diffusers 0.24 schedulers; the settings below reproduce that era's behaviour
+with today's diffusers (spec §5, §10 item 7):
+
+* the prior: ``UnCLIPScheduler`` with the Kandinsky-2.2 prior values (squared-cosine betas, x0 prediction,
+  clip to ±10, ``fixed_small_log`` variance);
+* stages 2 and 3: the SD 2.1-base betas (scaled-linear 0.00085 to 0.012, epsilon, ``steps_offset`` 1) with
+
+  - UniPC as ``UniPCMultistepScheduler.from_config(<SD 2.1-base PNDM config>)`` gave it in 0.24:
+    ``linspace`` spacing (999, 949, ...) and a last step that lands on sigma(t=0), not on zero;
+  - DDIM with ``leading`` spacing (981, 961, ... 1 for 50 steps) and eta 0, as the demo notebook builds it.
+
+Any other scheduler in ``SCHEDULERS`` can be chosen by name; it gets the same betas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+
+from .. import diffusers_glue as glue
+from ..errors import InputError
+from ..seeding import randn
+
+# The noise schedule the SD 2.1-base UNet (stages 2 and 3) was trained with.
+SD21_BASE_BETAS: dict[str, Any] = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    steps_offset=1,
+    clip_sample=False,
+    set_alpha_to_one=False,
+)
+
+# The prior's schedule (Kandinsky 2.2 prior scheduler config): x0 prediction on squared-cosine betas.
+PRIOR_BETAS: dict[str, Any] = dict(
+    num_train_timesteps=1000,
+    beta_schedule="squaredcos_cap_v2",
+    prediction_type="sample",
+    clip_sample=True,
+    clip_sample_range=10.0,
+)
+
+# Per-scheduler settings on top of the betas. The first two are the official 0.24-era settings.
+SCHEDULER_SETTINGS: dict[str, dict[str, Any]] = {
+    "unipc": dict(
+        solver_order=2,
+        solver_type="bh2",
+        predict_x0=True,
+        lower_order_final=True,
+        timestep_spacing="linspace",
+        final_sigmas_type="sigma_min",
+    ),
+    "ddim": dict(timestep_spacing="leading"),
+    "unclip": dict(variance_type="fixed_small_log"),
+    "ddpm": dict(timestep_spacing="leading", variance_type="fixed_small"),
+    "pndm": dict(timestep_spacing="leading", skip_prk_steps=True),
+    "euler": dict(timestep_spacing="leading"),
+    "euler_ancestral": dict(timestep_spacing="leading"),
+    "dpmpp_2m": dict(timestep_spacing="linspace", algorithm_type="dpmsolver++", solver_order=2),
+    "heun": dict(timestep_spacing="leading"),
+}
+
+# Which schedulers each stage accepts. The prior predicts x0, so only x0-capable schedulers qualify.
+PRIOR_SCHEDULERS: tuple[str, ...] = ("unclip", "ddim", "ddpm")
+UNET_SCHEDULERS: tuple[str, ...] = (
+    "unipc", "ddim", "ddpm", "pndm", "euler", "euler_ancestral", "dpmpp_2m", "heun",
+)
+
+def make_scheduler(name: str, family: str = "sd21"):
+    """A fresh scheduler by name, with the betas of ``family`` ("sd21" for the UNets, "prior")."""
+    name = name.lower()
+    allowed = PRIOR_SCHEDULERS if family == "prior" else UNET_SCHEDULERS
+    if name not in allowed:
+        raise InputError(
+            f"unknown scheduler {name!r} for the {'prior' if family == 'prior' else 'UNet stages'}; "
+            f"choose one of: {', '.join(allowed)}"
+        )
+    base = PRIOR_BETAS if family == "prior" else SD21_BASE_BETAS
+    return glue.make_scheduler_instance(name, {**base, **SCHEDULER_SETTINGS[name]})
+
+
+def initial_latents(
+    shape: Sequence[int], scheduler, generator, device, dtype, latents: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """The starting noise (drawn, or the caller's ``latents``), scaled by the scheduler's initial sigma."""
+    return _noise(shape, generator, device, dtype, latents) * scheduler.init_noise_sigma
+
+
+def _noise(shape: Sequence[int], generator, device, dtype, given: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Unit noise of ``shape``: drawn from ``generator``, or the caller's ``given`` noise once its shape is checked."""
+    if given is None:
+        return randn(shape, generator, device, dtype)
+    if tuple(given.shape) != tuple(shape):
+        raise InputError(f"initial latents have shape {tuple(given.shape)}, expected {tuple(shape)}")
+    return given.to(device=device, dtype=dtype)
+
+
+def check_strength(strength) -> float:
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < float(strength) <= 1.0:
+        raise InputError(f"strength must be a number in (0, 1] (1 starts from pure noise), got {strength!r}")
+    return float(strength)
+
+
+def start_part_way(scheduler, steps: int, strength: float) -> int:
+    """Where to start in the ``steps`` timesteps set on ``scheduler`` so as to run only their last ``strength``
+    share (img2img, SDEdit; ``strength`` 1 runs them all): an index for ``denoise``'s ``start``. The
+    scheduler's own timesteps stay whole (multistep solvers count down to their end)."""
+    if strength >= 1.0:
+        return 0
+    run = min(int(round(steps * strength)), steps)
+    if run < 1:
+        raise InputError(
+            f"strength {strength} of {steps} steps leaves no step to run; raise the strength or the steps"
+        )
+    start = (steps - run) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return start
+
+
+def noised_start(
+    scheduler, clean: torch.Tensor, start: int, generator, noise: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``clean`` latents noised to the timestep at ``start`` (see ``start_part_way``), with ``noise`` or a fresh
+    draw from ``generator``."""
+    noise = _noise(clean.shape, generator, clean.device, clean.dtype, noise)
+    return scheduler.add_noise(clean, noise, scheduler.timesteps[start : start + 1])
+
+
+def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, rescale: float) -> torch.Tensor:
+    """The guidance rescale of arXiv 2305.08891 §3.4, as the official pipelines apply it (per sample std)."""
+    dims = list(range(1, cond.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return rescale * rescaled + (1.0 - rescale) * guided
+
+
+@dataclass
+class StepInfo:
+    """What the per-step callback receives after each scheduler step."""
+
+    step: int  # index of the step just finished, from 0
+    total: int  # number of steps in this run
+    timestep: int
+    latents: torch.Tensor  # the sample after this step
+    denoised: Optional[torch.Tensor]  # the scheduler's predicted clean sample, when it can be had cheaply
+
+
+StepCallback = Callable[[StepInfo], None]
+
+
+def _predicted_clean(scheduler, step_out, model_output, sample, t) -> Optional[torch.Tensor]:
+    x0 = getattr(step_out, "pred_original_sample", None)
+    if x0 is not None:
+        return x0
+    cfg = scheduler.config
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    if alphas is None or getattr(cfg, "prediction_type", None) != "epsilon" or float(scheduler.init_noise_sigma) != 1.0:
+        return None
+    a = alphas[int(t)].to(device=sample.device, dtype=torch.float32)
+    x0 = (sample.float() - (1 - a).sqrt() * model_output.float()) / a.sqrt()
+    return x0.to(sample.dtype)
+
+
+def denoise(
+    scheduler,
+    latents: torch.Tensor,
+    predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    guidance_scale: float = 1.0,
+    guidance_rescale: float = 0.0,
+    generator: Optional[torch.Generator] = None,
+    callback: Optional[StepCallback] = None,
+    start: int = 0,
+) -> torch.Tensor:
+    """Run the scheduler's timesteps from index ``start`` on (``set_timesteps`` done by the caller).
+
+    ``predict(x, t)`` returns the network output for the model input ``x``. When ``guidance_scale > 1`` the
+    input is the batch ``[x, x]`` and ``predict`` must put its unconditional branch first; the guided output is
+    ``u + w (c - u)`` (the official form for every stage), then rescaled when ``guidance_rescale > 0``.
+    ``generator`` feeds the schedulers that draw noise during a step (UnCLIP, DDPM, ancestral samplers).
+    """
+    use_cfg = guidance_scale > 1.0
+    timesteps = scheduler.timesteps[start:]
+    total = len(timesteps)
+    for i, t in enumerate(timesteps):
+        x = scheduler.scale_model_input(latents, t)
+        out = predict(torch.cat([x, x]) if use_cfg else x, t)
+        if use_cfg:
+            uncond, cond = out.chunk(2)
+            guided = uncond + guidance_scale * (cond - uncond)
+            if guidance_rescale > 0.0:
+                guided = rescale_guidance(guided, cond, guidance_rescale)
+        else:
+            guided = out
+        prev_t = timesteps[i + 1] if i + 1 < total else None
+        step_out = glue.scheduler_step(scheduler, guided, t, latents, generator=generator, prev_timestep=prev_t)
+        if callback is not None:
+            denoised = _predicted_clean(scheduler, step_out, guided, latents, t)
+            latents = step_out.prev_sample
+            callback(StepInfo(step=i, total=total, timestep=int(t), latents=latents, denoised=denoised))
+        else:
+            latents = step_out.prev_sample
+    return latents
+
+
+def expand_batch(x: torch.Tensor, batch: int, num_images: int) -> torch.Tensor:
+    """Per-source conditions ``[B, ...]`` (or a shared ``[1, ...]``) to ``[B * num_images, ...]``."""
+    if x.shape[0] == batch:
+        return x.repeat_interleave(num_images, dim=0)
+    if x.shape[0] == 1:
+        return x.expand(batch * num_images, *x.shape[1:])
+    raise InputError(f"a condition has batch {x.shape[0]}, but the source batch is {batch}")
+
+
+def check_steps(steps: int) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    return steps
