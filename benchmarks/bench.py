@@ -294,7 +294,7 @@ def _step_seconds(run) -> float:
     return gaps[len(gaps) // 2]
 
 
-def bench_components(files: dict, dtype: str, device: str, size: str, steps: int = 4) -> dict:
+def bench_components(files: dict, dtype: str, device: str, size: str, steps: int = 3) -> dict:
     from pcdms_core import diffusers_glue as glue
     from pcdms_core.networks import vae as vae_ops
     from pcdms_core.loading.checkpoints import load_checkpoint
@@ -369,11 +369,6 @@ def bench_components(files: dict, dtype: str, device: str, size: str, steps: int
         x = torch.randn(2, 9, lat, 2 * lat, generator=gen).to(device=device, dtype=dt)
         labels = ctx[:, -1] if bare.config.class_embed_type == "projection" else None
         time_bare("stage 2", list(x.shape), lambda: bare(x, t, encoder_hidden_states=ctx, class_labels=labels).sample)
-        if device == "cpu" or dtype != "fp32":  # does channels_last win here?
-            bare = bare.to(memory_format=torch.channels_last)
-            xc = x.contiguous(memory_format=torch.channels_last)
-            rows[f"stage 2 bare diffusers UNet forward, channels_last"] = {
-                "seconds": timed(lambda: bare(xc, t, encoder_hidden_states=ctx, class_labels=labels).sample, repeat=2)}
         del model, bare
         gc.collect()
 

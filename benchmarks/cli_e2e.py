@@ -37,7 +37,7 @@ def run(repo: Path, steps: int, threads: int, out: Path) -> dict:
            "--target-pose", str(bench.EXAMPLES / "pcdms_example_target_pose.json"),
            "--prior", st["prior"], "--inpaint", st["inpaint"], "--refine", st["refine"],
            "--clip", str(files["clip"]), "--dino", str(files["dino"]), "--vae", str(files["vae"]),
-           "--size", "512", "512", "--device", "cpu", "--seed", "0", "--quiet",
+           "--size", "512", "--device", "cpu", "--seed", "0", "--quiet",
            "--prior-steps", str(steps), "--inpaint-steps", str(steps), "--refine-steps", str(steps),
            "--inpaint-guidance", "2", "--refine-guidance", "2", "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS=str(threads))

@@ -3,7 +3,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from . import loaders, pose_nodes, stages
-from .models import install_example_inputs, register_model_folder
+from .bridge import install_example_inputs, register_model_folder
 
 register_model_folder()
 install_example_inputs()

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..pcdms_core.loading.checkpoints import describe, load_checkpoint
 from ..pcdms_core.loading.encoders import load_image_encoder
 from ..pcdms_core.loading.vae import load_vae
-from .models import DTYPE_CHOICES, PCDMS_FOLDER, ManagedModel, full_path, load_dtype, model_files
+from .bridge import DTYPE_CHOICES, PCDMS_FOLDER, ManagedModel, full_path, load_dtype, model_files
 from .types import PcdmsClip, PcdmsDino, PcdmsModel, PcdmsVae
 
 CATEGORY = "PCDMs/loaders"

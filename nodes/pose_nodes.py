@@ -10,7 +10,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..pcdms_core.pose.keypoints import align_pose, load_pose, poses_from_keypoints, poses_to_keypoints, render_pose
-from .models import images_out
+from .bridge import images_out
 from .types import PoseKeypoint
 
 CATEGORY = "PCDMs/pose"

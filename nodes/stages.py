@@ -23,13 +23,14 @@ from ..pcdms_core import (
     sample_refine,
     to_uint8,
 )
+from ..pcdms_core.seeding import MAX_SEED
 from ..pcdms_core.stages.defaults import OFFICIAL_SIZE
-from ..pcdms_core.stages.loop import PRIOR_SCHEDULERS, UNET_SCHEDULERS
-from .models import ManagedModel, images_in, images_out, step_callback, vae_for_stage, working_memory
+from ..pcdms_core.stages.loop import PRIOR_SCHEDULERS, UNET_SCHEDULERS, common_batch
+from .bridge import ManagedModel, images_in, images_out, step_callback, vae_for_stage, working_memory
 from .types import PcdmsClip, PcdmsDino, PcdmsEmbedding, PcdmsModel, PcdmsSource, PcdmsVae, PoseKeypoint
 
 CATEGORY = "PCDMs"
-MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
+
 STAGE_NAMES = {"prior": "PCDMs Prior", "inpaint": "PCDMs Inpaint", "refine": "PCDMs Refine"}
 
 
@@ -62,30 +63,6 @@ def _stage_model(model: ManagedModel, stage: str) -> ManagedModel:
             f"the checkpoint loader that holds the {stage} stage's file"
         )
     return model
-
-
-def _batch(count: int, *named: tuple[str, int]) -> int:
-    """The common batch of per-source inputs: each must be 1 or the same number."""
-    sizes = {n for _, n in named if n != 1}
-    if len(sizes) > 1:
-        parts = ", ".join(f"{name} {n}" for name, n in named)
-        raise InputError(f"batch sizes do not match ({parts}): give one of each, or the same number of each")
-    return sizes.pop() if sizes else count
-
-
-def _repeat(x: torch.Tensor, batch: int) -> torch.Tensor:
-    return x if x.shape[0] == batch else x.expand(batch, *x.shape[1:])
-
-
-def _select(features: SourceFeatures, batch: int) -> SourceFeatures:
-    """The source bundle broadcast to ``batch`` (one source with several poses)."""
-    if features.batch == batch:
-        return features
-    return SourceFeatures(
-        pixels=_repeat(features.pixels, batch), size=features.size,
-        tokens=None if features.tokens is None else _repeat(features.tokens, batch),
-        clip_embedding=None if features.clip_embedding is None else _repeat(features.clip_embedding, batch),
-    )
 
 
 class PCDMsEncodeSource(io.ComfyNode):
@@ -145,11 +122,10 @@ def run_prior(model: ManagedModel, source: SourceFeatures, source_pose, target_p
         raise InputError("the prior needs the source's CLIP embedding: connect a CLIP loader to PCDMs Encode Source")
     src_poses = poses_from_keypoints(source_pose)
     tgt_poses = poses_from_keypoints(target_pose)
-    batch = _batch(1, ("source images", source.batch), ("source poses", len(src_poses)), ("target poses", len(tgt_poses)))
     prior = model.load()
     embedding = sample_prior(
-        prior, _repeat(source.clip_embedding, batch), _repeat(pose_vector(src_poses), batch),
-        _repeat(pose_vector(tgt_poses), batch), steps=steps, guidance_scale=cfg, scheduler=scheduler,
+        prior, source.clip_embedding, pose_vector(src_poses), pose_vector(tgt_poses), steps=steps,
+        guidance_scale=cfg, scheduler=scheduler,
         generator=seed, callback=step_callback(preview=False),
     )
     return embedding.to(mm.intermediate_device())
@@ -210,16 +186,14 @@ def run_inpaint(model, vae, source: SourceFeatures, *, embedding=None, source_po
     named = [("source images", source.batch), ("source poses", sp.shape[0]), ("target poses", tp.shape[0])]
     if embedding is not None:
         named.append(("prior embeddings", embedding.shape[0]))
-    batch = _batch(1, *named)
-    src = _select(source, batch)
+    batch = common_batch(*named)
     w, h = source.size
     vae_model, vae_patcher, vae_memory = vae_for_stage(vae, (batch * batch_size, 3, h, 2 * w))
     memory = working_memory(2 * batch * batch_size, h // 8, 2 * w // 8, model.dtype) + vae_memory
     mm.load_models_gpu([model.patcher, vae_patcher], memory_required=memory, force_full_load=True)
     result = sample_inpaint(
-        model.patcher.model.inner, vae_model, src.pixels, _repeat(sp, batch), _repeat(tp, batch), src.tokens,
-        None if embedding is None else _repeat(embedding, batch), size=source.size, steps=steps,
-        guidance_scale=cfg, scheduler=DEFAULTS[variant].scheduler if scheduler == "auto" else scheduler,
+        model.patcher.model.inner, vae_model, source.pixels, sp, tp, source.tokens, embedding, size=source.size,
+        steps=steps, guidance_scale=cfg, scheduler=DEFAULTS[variant].scheduler if scheduler == "auto" else scheduler,
         generator=seed, num_images=batch_size, callback=step_callback(),
     )
     return result

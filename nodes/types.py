@@ -2,7 +2,7 @@
 
 from comfy_api.latest import io
 
-PcdmsModel = io.Custom("PCDMS_MODEL")  # a stage checkpoint: prior, inpainting (paper or demo) or refining
+PcdmsModel = io.Custom("PCDMS_MODEL")  # a stage checkpoint: prior, inpainting (paper or no-prior) or refining
 PcdmsClip = io.Custom("PCDMS_CLIP")  # CLIP ViT-H/14 vision tower with PCDMs' preprocessing
 PcdmsDino = io.Custom("PCDMS_DINO")  # DINOv2-giant with PCDMs' preprocessing
 PcdmsVae = io.Custom("PCDMS_VAE")  # a diffusers-format VAE from the PCDMs VAE Loader

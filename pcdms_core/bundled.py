@@ -28,7 +28,7 @@ SIZE = (64, 64)  # the demo models' working size per half
 # ancestral sampler, which re-injects and removes noise on the way, cleans it up. Stage 3 runs as img2img: from
 # pure noise the small refining model loses to stage 2, from the coarse image noised to t = 201 (strength 0.4 of
 # a 5-step schedule: its last 2 steps) it improves on it; chosen on validation pairs of another seed than the
-# evaluation's (README, Demo models). The official models use the official settings.
+# evaluation's (docs/demo-models.md). The official models use the official settings.
 SAMPLING = {
     "inpaint": dict(scheduler="euler_ancestral", steps=30, guidance_scale=1.5),
     "refine": dict(scheduler="euler_ancestral", steps=5, guidance_scale=1.0, strength=0.4),

@@ -18,7 +18,10 @@ from typing import Optional, Sequence
 
 import torch
 
+from .bundled import SAMPLING
 from .errors import PCDMsError
+from .stages.defaults import DEFAULTS
+from .stages.loop import PRIOR_SCHEDULERS, UNET_SCHEDULERS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -42,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--target-pose", help="target pose: .json / .txt keypoints, or a skeleton image (.png/.jpg; "
                    "no-prior checkpoint only)")
     g.add_argument("--person", default="largest", help="which person of a multi-person pose: an index or 'largest'")
-    g.add_argument("--inpaint", help="stage-2 checkpoint (paper s2_*.pt or demo PCDMs_ckpt.pt, or .safetensors); "
+    g.add_argument("--inpaint", help="stage-2 checkpoint (paper s2_*.pt or no-prior PCDMs_ckpt.pt, or .safetensors); "
                    "without it the bundled demo models are used")
     g.add_argument("--prior", help="stage-1 checkpoint (needed by the paper stage 2)")
     g.add_argument("--refine", help="stage-3 checkpoint (optional)")
@@ -57,12 +60,20 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--size", type=_size, help="working size per half, N or WxH (default 512; 64 for the demo models)")
     g.add_argument("--prior-size", type=_size, help="CLIP input stretch for the prior (default: the working size)")
     g.add_argument("--keep-square", action="store_true", help="write the working size instead of the source's aspect")
-    g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--num-images", type=int, default=1)
-    for stage in ("prior", "inpaint", "refine"):
-        g.add_argument(f"--{stage}-steps", type=int)
-        g.add_argument(f"--{stage}-guidance", type=float)
-        g.add_argument(f"--{stage}-scheduler")
+    g.add_argument("--seed", type=int, default=42, help="each stage's generator starts from it (default: %(default)s)")
+    g.add_argument("--num-images", type=int, default=1, help="images per source (default: %(default)s)")
+    official = {"prior": DEFAULTS["prior"], "inpaint": DEFAULTS["paper"], "refine": DEFAULTS["refine"]}
+    for stage, d in official.items():
+        noprior = f"; no-prior checkpoint {DEFAULTS['noprior'].steps}" if stage == "inpaint" else ""
+        demo = "" if stage == "prior" else f"; the demo models: {SAMPLING[stage]['steps']}"
+        g.add_argument(f"--{stage}-steps", type=int, help=f"default: official {d.steps}{noprior}{demo}")
+        demo = "" if stage == "prior" else f"; the demo models: {SAMPLING[stage]['guidance_scale']:g}"
+        g.add_argument(f"--{stage}-guidance", type=float, help=f"default: official {d.guidance_scale:g}{demo}")
+        noprior = f"; no-prior checkpoint {DEFAULTS['noprior'].scheduler}" if stage == "inpaint" else ""
+        demo = "" if stage == "prior" else f"; the demo models: {SAMPLING[stage]['scheduler']}"
+        choices = PRIOR_SCHEDULERS if stage == "prior" else UNET_SCHEDULERS
+        g.add_argument(f"--{stage}-scheduler", choices=choices,
+                       help=f"one of {', '.join(choices)} (default: official {d.scheduler}{noprior}{demo})")
     g.add_argument("--refine-strength", type=float,
                    help="stage 3 from the coarse image noised this far (img2img; default 1: from pure noise, as "
                         "officially)")
@@ -313,7 +324,7 @@ def _evaluate(args) -> int:
     from .pipeline import PCDMsPipeline
 
     files = {n: getattr(args, n) or str(bundled.demo_file(n)) for n in ("prior", "inpaint", "refine", "clip", "dino", "vae")}
-    pipe = PCDMsPipeline.from_files(**files)
+    pipe = PCDMsPipeline.from_files(**files, prepare=_cpu_speed_up)  # evaluation runs on the CPU
     settings = {k: dict(v) for k, v in bundled.SAMPLING.items()}
     for stage, v in settings.items():
         v["steps"] = args.steps or v["steps"]

@@ -6,7 +6,7 @@
 
 Each stage is also a function of its own (``prior.sample_prior``, ``inpaint.sample_inpaint``,
 ``refine.sample_refine``); this module only wires them, computing the source's DINOv2 tokens once for
-stages 2 and 3. With the demo checkpoint (no prior) the prior and CLIP are skipped, and the target pose may
+stages 2 and 3. With the no-prior checkpoint the prior and CLIP are skipped, and the target pose may
 be an image (for example a DWPose rendering).
 """
 
@@ -178,7 +178,7 @@ class PCDMsPipeline:
         if self.uses_prior and (self.prior is None or self.clip is None):
             raise InputError(
                 "the paper stage-2 checkpoint needs the stage-1 prior and the CLIP ViT-H/14 encoder; load both "
-                "(or use the demo stage-2 checkpoint, which needs neither)"
+                "(or use the no-prior stage-2 checkpoint, PCDMs_ckpt.pt, which needs neither)"
             )
 
     # --- the stages, each loading its models when lazy and freeing them before it returns ----------------------

@@ -10,6 +10,7 @@ import torch
 from .errors import InputError
 
 SeedLike = Union[int, torch.Generator, None]
+MAX_SEED = 2**64 - 1  # the seeds ComfyUI's widgets give; each one is its own generator state
 
 
 def as_generator(seed: SeedLike) -> Optional[torch.Generator]:
@@ -18,7 +19,9 @@ def as_generator(seed: SeedLike) -> Optional[torch.Generator]:
         return seed
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
-    return torch.Generator("cpu").manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"seed must be a whole number from 0 to 2**64 - 1 ({MAX_SEED}), got {seed}")
+    return torch.Generator("cpu").manual_seed(int(seed))
 
 
 def randn(shape: Sequence[int], generator: Optional[torch.Generator], device, dtype) -> torch.Tensor:

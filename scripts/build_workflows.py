@@ -38,7 +38,7 @@ class Models:
     prior: str
     inpaint: str
     refine: str
-    noprior: str  # the stage-2 model without a prior (official: the released demo checkpoint)
+    noprior: str  # the stage-2 model without a prior (official: the released PCDMs_ckpt.pt)
     clip: str
     dino: str
     vae: str
@@ -68,9 +68,9 @@ OFFICIAL_NOTE = (
 DEMO_MODELS_NOTE = (
     "Runs on the pack's bundled demo models (trained on synthetic people; nothing to download), which the\n"
     "loaders list from the pack's own folders:\n"
-    "demo_models/pcdms/  pcdms_demo_prior, pcdms_demo_inpaint, pcdms_demo_inpaint_noprior, pcdms_demo_refine\n"
-    "demo_models/clip_vision/  pcdms_demo_clip, pcdms_demo_dinov2\n"
-    "demo_models/vae/  pcdms_demo_vae (load it with PCDMs VAE Loader)\n"
+    "pcdms_core/demo_models/pcdms/  pcdms_demo_prior, pcdms_demo_inpaint, pcdms_demo_inpaint_noprior, pcdms_demo_refine\n"
+    "pcdms_core/demo_models/clip_vision/  pcdms_demo_clip, pcdms_demo_dinov2\n"
+    "pcdms_core/demo_models/vae/  pcdms_demo_vae (load it with PCDMs VAE Loader)\n"
     "They are small and work at 64 x 64: expect a rough picture of the person in the new pose.\n"
     "Sampler settings suited to them (an ancestral sampler) are preset; the official models use the official ones.\n"
     "For real photos use the official models: the same workflow without _demo_models names them."
@@ -80,7 +80,7 @@ OFFICIAL = Models(
     clip="CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", dino="dinov2-giant.safetensors",
     vae="sd21-base-vae.safetensors", vae_node="VAELoader", size=512, note=OFFICIAL_NOTE,
     noprior_note=(
-        "The released demo checkpoint (stage 2 only, no prior):\n"
+        "The released no-prior checkpoint PCDMs_ckpt.pt (stage 2 only):\n"
         "models/pcdms/PCDMs_ckpt.pt  (official Google Drive folder 1hnPm-GzaAtQKjgG_glhlQZieJ5g5Xd-y)\n"
         "models/clip_vision/dinov2-giant.safetensors  (facebook/dinov2-giant)\n"
         "models/vae/sd21-base-vae.safetensors  (stabilityai/stable-diffusion-2-1-base vae)\n\n"

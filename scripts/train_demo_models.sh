@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the demo models in demo_models/ from scratch on a CPU (about 2 hours on 2 cores; README, Demo
+# Reproduce the demo models in pcdms_core/demo_models/ from scratch on a CPU (about 2 hours on 2 cores; docs/demo-models.md
 # models, lists the time of each step). Every run resumes from its newest checkpoint if interrupted. Run from the
 # repository root; needs accelerate (requirements-dev.txt).
 set -euo pipefail
@@ -42,5 +42,5 @@ ddp train refine --coarse $RUNS/coarse.pt --init $RUNS/refine/refine.safetensors
 ddp train inpaint --variant noprior --init $RUNS/inpaint_lowlr/inpaint.safetensors --out $RUNS/inpaint_noprior --pool 6000 \
    --seed 2 --steps 1500 --batch-size 8 --lr 1e-4 --save-every 500 --ema 0.999 \
    --export $D/pcdms/pcdms_demo_inpaint_noprior.safetensors
-# the stage ablation on 200 held-out pairs (README, Demo models)
+# the stage ablation on 200 held-out pairs (docs/demo-models.md)
 py evaluate --out $RUNS/eval --pairs 200

@@ -1,5 +1,5 @@
 """The bundled demo models: present, small, the default of the CLI, and they really move a person into a
-new pose (checked on the README's example, whose ground truth the synthetic set gives us)."""
+new pose (checked on the bundled example, whose ground truth the synthetic set gives us)."""
 
 import re
 import subprocess
@@ -33,7 +33,7 @@ def test_demo_models_are_complete_and_small():
 
 
 def test_example_assets_are_the_synthetic_pair():
-    """The bundled examples are scripts/make_assets.py's output: the held-out pair the README's command uses."""
+    """The bundled examples are scripts/make_assets.py's output: the held-out pair the generate command runs by default."""
     import scripts.make_assets as make_assets  # noqa: F401  (importable; writes nothing on import)
 
     pair = SyntheticPairs(seed=make_assets.SEED)[make_assets.PAIR]
@@ -80,19 +80,19 @@ def test_evaluation_runs_and_writes_its_table(tmp_path):
 
 @pytest.mark.slow
 def test_the_stage_ablation_holds_on_held_out_pairs(tmp_path):
-    """The README's table, on all its 200 held-out pairs with the demo settings (about 2.5 minutes on 2 cores; on
+    """The table of docs/demo-models.md, on all its 200 held-out pairs with the demo settings (minutes on 2 cores; on
     fewer pairs the colour margins are within the pairs' spread): the three stages beat both baselines, the copied
     source and stage 2 alone, on both measures, and stage 2 with the prior's embedding beats stage 2 with a zeroed
-    one: the paper's stage ablation, in miniature. And the README's figures are the ones these files give."""
+    one: the paper's stage ablation, in miniature. And the table's figures are the ones these files give."""
     from pcdms_core.train.evaluation import demo_pipeline, evaluate
 
     noprior = load_checkpoint(bundled.demo_file("inpaint_noprior"), expect="inpaint")
     m = evaluate(demo_pipeline(), tmp_path, count=200, batch_size=25, progress=False, noprior=noprior)["metrics"]
-    # the README's table is what these files give (to float rounding across CPUs)
-    readme = (ROOT / "README.md").read_text()
+    # the table of docs/demo-models.md is what these files give (to float rounding across CPUs)
+    readme = (ROOT / "docs" / "demo-models.md").read_text()
     for method, scores in m.items():
         row = re.search(rf"^\| {re.escape(method)} \| ([0-9.]+) \| ([0-9.]+) \|", readme, re.M)
-        assert row, f"README has no row for {method!r}"
+        assert row, f"docs/demo-models.md has no row for {method!r}"
         assert abs(float(row[1]) - scores["ssim"]) < 2e-3 and abs(float(row[2]) - scores["colour_error"]) < 0.05, \
             (method, row[0], scores)
     full, stage2, zeroed = m["stages 1-3"], m["stage 2"], m["stage 2, zeroed embedding"]

@@ -216,7 +216,7 @@ def test_cancel_stops_within_one_step(env):
 def test_comfyui_vae_adapter_matches_the_diffusers_vae(env):
     """ComfyUI's VAE object (first_stage_model with encoder / quant_conv / decode) through ComfyVAECodec."""
     core_vae = env.pack.pcdms_core  # the pack's own copy of the library, as ComfyUI imports it
-    models = env.pack.nodes.models
+    models = env.pack.nodes.bridge
     vae = _load(env).vae.patcher.model.inner
 
     class FirstStage:  # the shape of ComfyUI's AutoencoderKL, backed by the same weights

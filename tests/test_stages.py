@@ -177,11 +177,17 @@ def test_wrong_encoder_features_are_named(paper_inputs):
         _inpaint({**paper_inputs, "source_tokens": torch.zeros(1, 257, 1536)})
 
 
-def test_wrong_pose_batch(paper_inputs):
+def test_pose_batches_broadcast_or_are_refused(paper_inputs):
+    """One source with two target poses gives two images (the source, its tokens and the embedding are shared);
+    two sources with three target poses cannot be paired and are refused before any work."""
     from pcdms_core import images as im
     two = im.as_uint8_batch([paper_inputs["target_pose"]] * 2)
-    with pytest.raises(InputError, match="target pose image batch has 2"):
-        _inpaint({**paper_inputs, "target_pose": two})
+    res = _inpaint({**paper_inputs, "target_pose": two})
+    assert res.target.shape[0] == 2
+    three = im.as_uint8_batch([paper_inputs["target_pose"]] * 3)
+    sources = im.as_uint8_batch([paper_inputs["source"]] * 2)
+    with pytest.raises(InputError, match="batch sizes do not match .*target poses 3"):
+        _inpaint({**paper_inputs, "source": sources, "target_pose": three})
 
 
 def test_sampler_argument_errors(paper_inputs, models, refs):
@@ -208,3 +214,32 @@ def test_sampler_argument_errors(paper_inputs, models, refs):
         sample_prior(models("s1"), refs("stage1")["run.inputs.s_embed"], pose, pose, steps=1)
     one_step = sample_prior(models("s1"), refs("stage1")["run.inputs.s_embed"], pose, pose, steps=1, scheduler="ddim")
     assert one_step.shape == (1, 1024) and torch.isfinite(one_step).all()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, float("inf"), "2", True])
+def test_guidance_that_is_not_a_finite_number_of_0_or_more_is_refused(paper_inputs, models, refs, bad):
+    """NaN or negative guidance used to mean "no guidance", infinite guidance an all-NaN image."""
+    with pytest.raises(InputError, match="guidance scale must be a finite number"):
+        _inpaint(paper_inputs, guidance_scale=bad)
+    with pytest.raises(InputError, match="guidance rescale must be a finite number"):
+        _inpaint(paper_inputs, guidance_rescale=bad)
+    with pytest.raises(InputError, match="guidance scale must be a finite number"):
+        sample_prior(models("s1"), torch.zeros(1, 1024), torch.zeros(1, 36), torch.zeros(1, 36), guidance_scale=bad)
+    with pytest.raises(InputError, match="guidance"):
+        sample_refine(models("s3"), models("vae"), paper_inputs["source"], paper_inputs["source_tokens"],
+                      size=(64, 64), steps=2, guidance_scale=2.0, guidance_rescale=bad)
+
+
+def test_seeds_outside_what_comfyui_gives_are_refused():
+    from pcdms_core.seeding import MAX_SEED, as_generator
+
+    assert as_generator(MAX_SEED).initial_seed() == MAX_SEED
+    assert not torch.equal(torch.randn(4, generator=as_generator(0)), torch.randn(4, generator=as_generator(MAX_SEED)))
+    for bad in (MAX_SEED + 1, -1, 2**70):
+        with pytest.raises(InputError, match="seed must be a whole number from 0 to 2\\*\\*64 - 1"):
+            as_generator(bad)
+
+
+def test_zero_steps_is_refused_for_every_stage(models):
+    with pytest.raises(InputError, match="steps must be a positive integer"):
+        sample_prior(models("s1"), torch.zeros(1, 1024), torch.zeros(1, 36), torch.zeros(1, 36), steps=0)

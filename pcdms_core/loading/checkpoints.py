@@ -1,6 +1,6 @@
 """PCDMs checkpoints: tell what a file is, load it strictly, convert it, describe it.
 
-Files (spec §6): the official DeepSpeed ``.pt`` files keep the model under ``"module"``; our ``.safetensors``
+Files (docs/faithfulness.md, Checkpoints): the official DeepSpeed ``.pt`` files keep the model under ``"module"``; our ``.safetensors``
 hold the same tensor names plus metadata. The tensor names are
 
 * stage 1, prior: no prefix (``prd_embedding``, ``pose_encoder.*``, ``transformer_blocks.*`` ...);

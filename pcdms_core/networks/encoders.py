@@ -1,4 +1,4 @@
-"""Image encoders with the official PCDMs preprocessing (spec §1.3, §2.4, §10 items 9-10).
+"""Image encoders with the official PCDMs preprocessing (docs/faithfulness.md, Encoders and preprocessing).
 
 * The prior reads the CLIP ViT-H/14 ``image_embeds`` (1024 values) of the source.
 * Stages 2 and 3 read the DINOv2-giant ``last_hidden_state`` (257 tokens x 1536) of the source.

@@ -1,16 +1,16 @@
 """The stage-2 network (inpainting): UNet + pose encoder + image projector.
 
-Layout (spec §2.2): the canvas is [source | target], each half S x S. The UNet input has 9 channels,
+Layout (docs/faithfulness.md, Stage 2): the canvas is [source | target], each half S x S. The UNet input has 9 channels,
 [noisy latents (4) | mask (1) | masked-image latents (4)], where the mask is 1 over the source half (keep)
 and 0 over the target half (generate), and the masked image is [source | black]. The pose image
 [source pose | target pose] goes through ``pose_proj`` and is added to the UNet's first feature map. The
 cross-attention context is the projected DINOv2 tokens of the source.
 
-Two checkpoints exist (spec §2.1, §2.3):
+Two checkpoints exist:
 
 * ``paper``: the three-stage model. The prior's embedding is used twice: as a last cross-attention token and
   as the class-embedding input (added to the time embedding). Projector ``image_proj_model_p``.
-* ``demo``: the released ``PCDMs_ckpt.pt``. No class embedding, no prior token. Projector
+* ``noprior``: the released ``PCDMs_ckpt.pt``. No class embedding, no prior token. Projector
   ``image_proj_model``.
 
 """

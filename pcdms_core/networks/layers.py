@@ -1,7 +1,7 @@
 """Small modules shared by the stages, with the official state-dict key names.
 
 * ``ImageProjector``: the per-token MLP that maps DINOv2 tokens into the UNets' cross-attention width
-  (``image_proj_model_p`` in the paper stages, ``image_proj_model`` in the demo checkpoint).
+  (``image_proj_model_p`` in the paper stages, ``image_proj_model`` in the no-prior checkpoint).
 * ``PoseMLP``: the prior's keypoint encoder (36 numbers to one embedding).
 * ``PoseEncoder``: the stage-2 pose-image encoder (``pose_proj``), a ControlNet-style conditioning
   embedding whose output is added to the UNet's first feature map.

@@ -1,6 +1,6 @@
 """Stage 1, the prior: predict the target image's CLIP embedding from the source embedding and both poses.
 
-The network (spec §1) is a transformer over six tokens, in this order: source pose, target pose, source
+The network (docs/faithfulness.md, Stage 1) is a transformer over six tokens, in this order: source pose, target pose, source
 CLIP image embedding, timestep, noisy target embedding x_t, and a learned "predict" token. All tokens see
 each other (no causal mask). The output token, after a final LayerNorm and a projection, is the clean target
 embedding in normalised space (x0 prediction); ``to_clip_space`` maps it back with x * 0.415 - 0.016 (the

@@ -46,7 +46,7 @@ _BODY25_TO_COCO18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 
 # COCO-17 (nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles; left first) -> COCO-18 (no neck)
 _COCO17_TO_COCO18 = (0, None, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3)
 DEEPFASHION_CANVAS = (176, 256)
-MISSING_VALUE = -1.0  # how a missing joint is written in the prior's pose vector (see README, Faithfulness)
+MISSING_VALUE = -1.0  # how a missing joint is written in the prior's pose vector (docs/faithfulness.md)
 MIN_JOINTS = 4
 
 

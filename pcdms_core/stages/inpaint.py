@@ -19,7 +19,17 @@ from ..networks.layers import ImageProjector
 from ..devices import model_device_dtype
 from ..seeding import SeedLike, as_generator
 from .defaults import OFFICIAL_SIZE, stage_defaults
-from .loop import StepCallback, check_steps, denoise, expand_batch, initial_latents, make_scheduler
+from .loop import (
+    StepCallback,
+    broadcast,
+    check_guidance,
+    check_steps,
+    common_batch,
+    denoise,
+    expand_batch,
+    initial_latents,
+    make_scheduler,
+)
 
 @dataclass
 class InpaintResult:
@@ -62,22 +72,12 @@ def prepare_canvases(source, source_pose, target_pose, size: tuple[int, int]):
 
     Every input is stretched to ``size`` = (W, H) with PIL bicubic, as the official scripts do.
     """
-    masked = source_canvas(source, size)
-    sp = im.resize_u8(im.as_uint8_batch(source_pose), size)
-    tp = im.resize_u8(im.as_uint8_batch(target_pose), size)
-    batch = masked.shape[0]
-    sp = _match_batch(sp, batch, "source pose image")
-    tp = _match_batch(tp, batch, "target pose image")
-    poses = im.side_by_side(sp, tp)
+    src, sp, tp = (im.resize_u8(im.as_uint8_batch(x), size) for x in (source, source_pose, target_pose))
+    batch = common_batch(("source images", len(src)), ("source poses", len(sp)), ("target poses", len(tp)))
+    src = broadcast(src, batch, "source image")
+    masked = im.side_by_side(src, torch.zeros_like(src))
+    poses = im.side_by_side(broadcast(sp, batch, "source pose image"), broadcast(tp, batch, "target pose image"))
     return masked, poses
-
-
-def _match_batch(x: torch.Tensor, batch: int, what: str) -> torch.Tensor:
-    if x.shape[0] == batch:
-        return x
-    if x.shape[0] == 1:
-        return x.expand(batch, *x.shape[1:])
-    raise InputError(f"the {what} batch has {x.shape[0]} images but the source batch has {batch}")
 
 
 def check_tokens(projector: ImageProjector, tokens: torch.Tensor) -> None:
@@ -132,21 +132,26 @@ def sample_inpaint(
     variant = model.variant
     d = stage_defaults(variant)
     steps = check_steps(d.steps if steps is None else steps)
-    guidance_scale = d.guidance_scale if guidance_scale is None else float(guidance_scale)
+    guidance_scale = check_guidance(d.guidance_scale if guidance_scale is None else guidance_scale)
+    guidance_rescale = check_guidance(guidance_rescale, "guidance rescale")
     scheduler = scheduler or d.scheduler
     if not model.uses_prior and prior_embedding is not None:
-        raise InputError("the demo stage-2 checkpoint takes no prior embedding; leave it out (or load a paper checkpoint)")
+        raise InputError("the no-prior stage-2 checkpoint takes no prior embedding; leave it out (or load a paper checkpoint)")
     size = im.check_size(size, size_multiple(model, vae), "stage-2 size")
     device, dtype = model_device_dtype(model)
     gen = as_generator(generator)
 
     masked_u8, poses_u8 = prepare_canvases(source, source_pose, target_pose, size)
-    batch = masked_u8.shape[0]
+    named = [("source images and poses", masked_u8.shape[0]), ("source tokens", source_tokens.shape[0])]
+    if model.uses_prior and prior_embedding is not None:
+        named.append(("prior embeddings", prior_embedding.shape[0]))
+    batch = common_batch(*named)
+    masked_u8, poses_u8 = broadcast(masked_u8, batch, "source image"), broadcast(poses_u8, batch, "pose image")
     if model.uses_prior:
         if prior_embedding is None:
             raise InputError("the paper stage-2 model needs the prior's target embedding (run the prior first)")
         prior_embedding = prior_embedding.reshape(prior_embedding.shape[0], -1)
-        prior_embedding = _match_batch(prior_embedding, batch, "prior embedding").to(device, dtype)
+        prior_embedding = broadcast(prior_embedding, batch, "prior embedding").to(device, dtype)
         if prior_embedding.shape[-1] != model.image_proj.config.out_dim:
             raise InputError(
                 f"the prior embedding has {prior_embedding.shape[-1]} values but this stage-2 model expects "
@@ -171,7 +176,7 @@ def sample_inpaint(
     n = batch * num_images
     x = initial_latents((n, lc, lh, lw), sched, gen, device, dtype, latents)
 
-    tokens = _match_batch(source_tokens, batch, "source token").to(device, dtype)
+    tokens = broadcast(source_tokens, batch, "source token").to(device, dtype)
     context = expand_batch(model.context(tokens, prior_embedding), batch, num_images)
     labels = expand_batch(prior_embedding, batch, num_images) if model.uses_prior else None
     mask = keep_mask(lh, lw, n, device, dtype)

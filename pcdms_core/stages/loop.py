@@ -1,7 +1,7 @@
 """What the three samplers share: schedulers with the official settings, seeding, CFG and the denoising loop.
 
 The official code samples with diffusers 0.24 schedulers; the settings below reproduce that era's behaviour
-with today's diffusers (spec §5, §10 item 7):
+with today's diffusers (docs/faithfulness.md, Schedulers):
 
 * the prior: ``UnCLIPScheduler`` with the Kandinsky-2.2 prior values (squared-cosine betas, x0 prediction,
   clip to ±10, ``fixed_small_log`` variance);
@@ -9,13 +9,15 @@ with today's diffusers (spec §5, §10 item 7):
 
   - UniPC as ``UniPCMultistepScheduler.from_config(<SD 2.1-base PNDM config>)`` gave it in 0.24:
     ``linspace`` spacing (999, 949, ...) and a last step that lands on sigma(t=0), not on zero;
-  - DDIM with ``leading`` spacing (981, 961, ... 1 for 50 steps) and eta 0, as the demo notebook builds it.
+  - DDIM with ``leading`` spacing (981, 961, ... 1 for 50 steps) and eta 0, as the released no-prior notebook builds it.
 
 Any other scheduler in ``SCHEDULERS`` can be chosen by name; it gets the same betas.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -99,6 +101,14 @@ def _noise(shape: Sequence[int], generator, device, dtype, given: Optional[torch
     if tuple(given.shape) != tuple(shape):
         raise InputError(f"initial latents have shape {tuple(given.shape)}, expected {tuple(shape)}")
     return given.to(device=device, dtype=dtype)
+
+
+def check_guidance(value, what: str = "guidance scale") -> float:
+    """A finite number >= 0 (a guidance scale of 1 or less means no classifier-free guidance, as officially)."""
+    number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
+    if number is None or not math.isfinite(number) or number < 0:
+        raise InputError(f"the {what} must be a finite number of 0 or more (1 or less: no guidance), got {value!r}")
+    return number
 
 
 def check_strength(strength) -> float:
@@ -207,6 +217,25 @@ def denoise(
         else:
             latents = step_out.prev_sample
     return latents
+
+
+def common_batch(*named: tuple[str, int]) -> int:
+    """The batch that per-source inputs share, from ``(name, count)`` pairs: each count is 1 (one input shared by
+    all) or the same N."""
+    sizes = {n for _, n in named if n != 1}
+    if len(sizes) > 1:
+        parts = ", ".join(f"{name} {n}" for name, n in named)
+        raise InputError(f"batch sizes do not match ({parts}): give one of each, or the same number of each")
+    return sizes.pop() if sizes else 1
+
+
+def broadcast(x: torch.Tensor, batch: int, what: str) -> torch.Tensor:
+    """``x`` with batch ``batch``: as it is, or its single item shared by all (the one broadcast rule)."""
+    if x.shape[0] == batch:
+        return x
+    if x.shape[0] == 1:
+        return x.expand(batch, *x.shape[1:])
+    raise InputError(f"the {what} batch has {x.shape[0]} items but the other inputs have {batch}: give one, or {batch}")
 
 
 def expand_batch(x: torch.Tensor, batch: int, num_images: int) -> torch.Tensor:

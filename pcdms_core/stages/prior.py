@@ -12,7 +12,17 @@ from ..errors import InputError
 from ..networks.prior import POSE_VECTOR_SIZE, PriorTransformer, to_clip_space
 from ..seeding import SeedLike, as_generator
 from .defaults import stage_defaults
-from .loop import StepCallback, check_steps, denoise, expand_batch, initial_latents, make_scheduler
+from .loop import (
+    StepCallback,
+    broadcast,
+    check_guidance,
+    check_steps,
+    common_batch,
+    denoise,
+    expand_batch,
+    initial_latents,
+    make_scheduler,
+)
 
 
 def _as_pose_batch(pose: torch.Tensor, name: str) -> torch.Tensor:
@@ -56,7 +66,7 @@ def sample_prior(
     """
     d = stage_defaults("prior")
     steps = check_steps(d.steps if steps is None else steps)
-    guidance_scale = d.guidance_scale if guidance_scale is None else float(guidance_scale)
+    guidance_scale = check_guidance(d.guidance_scale if guidance_scale is None else guidance_scale)
     scheduler = scheduler or d.scheduler
     if str(scheduler).lower() == "unclip" and steps < 2:
         raise InputError(
@@ -71,10 +81,12 @@ def sample_prior(
         raise InputError(
             f"source embedding must be [B, {emb_dim}] CLIP image_embeds, got shape {tuple(source_embedding.shape)}"
         )
-    batch = source_embedding.shape[0]
-    sp = expand_batch(_as_pose_batch(source_pose, "source pose"), batch, num_images).to(device, dtype)
-    tp = expand_batch(_as_pose_batch(target_pose, "target pose"), batch, num_images).to(device, dtype)
-    src = expand_batch(source_embedding, batch, num_images).to(device, dtype)
+    sp, tp = _as_pose_batch(source_pose, "source pose"), _as_pose_batch(target_pose, "target pose")
+    batch = common_batch(("source embeddings", len(source_embedding)), ("source poses", len(sp)),
+                         ("target poses", len(tp)))
+    sp = expand_batch(broadcast(sp, batch, "source pose"), batch, num_images).to(device, dtype)
+    tp = expand_batch(broadcast(tp, batch, "target pose"), batch, num_images).to(device, dtype)
+    src = expand_batch(broadcast(source_embedding, batch, "source embedding"), batch, num_images).to(device, dtype)
 
     gen = as_generator(generator)
     noise_gen = as_generator(noise_generator) if noise_generator is not None else gen

@@ -1,8 +1,10 @@
-"""Stage 3, refining: restore texture and detail of stage 2's coarse target image (spec §3).
+"""Stage 3, refining: restore texture and detail of stage 2's coarse target image (the network:
+``networks.refine``).
 
-The network: ``networks.refine``. Guidance (spec §3): the unconditional branch has a zero context and zero coarse-image latents, and the
-official batch test passes ``guidance_rescale`` equal to ``guidance_scale``; ``guidance_rescale=None`` keeps
-that pairing. The paper's numbers were most likely made without guidance, which is the default here.
+Guidance (docs/faithfulness.md, Stage 3): the unconditional branch has a zero context and zero coarse-image
+latents, and the official batch test passes ``guidance_rescale`` equal to ``guidance_scale``;
+``guidance_rescale=None`` keeps that pairing. The paper's numbers were most likely made without guidance,
+which is the default here.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import torch
 
 from .. import images as im
 from ..networks import vae as vae_ops
-from .inpaint import _match_batch, check_tokens
+from .inpaint import check_tokens
 from ..networks.refine import RefineModel
 from ..devices import model_device_dtype
 from ..seeding import SeedLike, as_generator
 from .defaults import OFFICIAL_SIZE, stage_defaults
 from .loop import (
     StepCallback,
+    broadcast,
+    check_guidance,
     check_steps,
     check_strength,
     denoise,
@@ -80,8 +84,8 @@ def sample_refine(
     d = stage_defaults("refine")
     steps = check_steps(d.steps if steps is None else steps)
     strength = check_strength(strength)
-    guidance_scale = d.guidance_scale if guidance_scale is None else float(guidance_scale)
-    rescale = guidance_scale if guidance_rescale is None else float(guidance_rescale)
+    guidance_scale = check_guidance(d.guidance_scale if guidance_scale is None else guidance_scale)
+    rescale = guidance_scale if guidance_rescale is None else check_guidance(guidance_rescale, "guidance rescale")
     scheduler = scheduler or d.scheduler
     size = im.check_size(size, vae_ops.downscale_factor(vae), "stage-3 size")
     device, dtype = model_device_dtype(model)
@@ -90,7 +94,7 @@ def sample_refine(
     coarse_u8 = im.resize_u8(im.as_uint8_batch(coarse), size)
     batch = coarse_u8.shape[0]
     check_tokens(model.image_proj, source_tokens)
-    tokens = _match_batch(source_tokens, batch, "source token").to(device, dtype)
+    tokens = broadcast(source_tokens, batch, "source token").to(device, dtype)
     if coarse_latents is None:
         coarse_latents = encode_coarse(vae, coarse_u8, size, gen)
     coarse_latents = coarse_latents.to(device, dtype)

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from .. import bundled
+from ..cpu import speed_up
 from .. import images as im
 from . import metrics
 from ..stages.inpaint import sample_inpaint
@@ -112,11 +113,13 @@ def format_table(result: dict) -> str:
 
 
 def demo_pipeline(device=None) -> PCDMsPipeline:
-    """The demo models as a pipeline (prior, paper inpainting, refining)."""
-
+    """The demo models as a pipeline (prior, paper inpainting, refining); on a CPU with the CPU speed-ups, as
+    the command line runs them."""
+    on_cpu = torch.device(device or "cpu").type == "cpu"
     return PCDMsPipeline.from_files(
-        prior=bundled.demo_file("prior"), inpaint=bundled.demo_file("inpaint"), refine=bundled.demo_file("refine"), clip=bundled.demo_file("clip"),
-        dino=bundled.demo_file("dino"), vae=bundled.demo_file("vae"), device=device,
+        prior=bundled.demo_file("prior"), inpaint=bundled.demo_file("inpaint"), refine=bundled.demo_file("refine"),
+        clip=bundled.demo_file("clip"), dino=bundled.demo_file("dino"), vae=bundled.demo_file("vae"), device=device,
+        prepare=speed_up if on_cpu else None,
     )
 
 

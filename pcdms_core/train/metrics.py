@@ -1,4 +1,4 @@
-"""Image metrics, as the PCDMs evaluation computes them (spec §8).
+"""Image metrics, as the PCDMs evaluation computes them.
 
 * ``ssim``: the reported SSIM: Gaussian weights (sigma 1.2, truncated at 3.5 sigma, 'reflect' borders), population
   covariance, ``data_range`` = max - min of the *generated* image, per channel then averaged (scikit-image's

@@ -4,7 +4,7 @@ One loop for every stage and size: ``accelerate`` runs it on a CPU or on several
 writes to its output folder: ``checkpoints/step_N`` (model, optimiser and step; a run resumes from the
 newest one), ``loss.jsonl``, and the trained model in our checkpoint layout (``<stage>.safetensors``).
 
-Recipes (spec §7), per stage:
+Recipes (the official training scripts'), per stage:
 
 | | prior | inpainting | refining |
 |---|---|---|---|

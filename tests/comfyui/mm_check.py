@@ -80,7 +80,7 @@ report["after_inpaint"] = loaded()
 # ComfyUI's VAE and the diffusers VAE (pcdms_core.load_vae) on the same file.
 core_vae = pack.pcdms_core
 ours = core_vae.load_vae(folder_paths.get_full_path("vae", "sd21-base-vae.safetensors"))
-codec = pack.nodes.models.ComfyVAECodec(vae)
+codec = pack.nodes.bridge.ComfyVAECodec(vae)
 mm.load_models_gpu([vae.patcher])
 x = torch.rand(1, 3, 64, 128, generator=torch.Generator().manual_seed(0)) * 2 - 1
 with torch.no_grad():
