@@ -33,6 +33,8 @@ SAMPLING = {
     "inpaint": dict(scheduler="euler_ancestral", steps=30, guidance_scale=1.5),
     "refine": dict(scheduler="euler_ancestral", steps=5, guidance_scale=1.0, strength=0.4),
 }
+
+
 def demo_file(kind: str) -> Path:
     return DEMO_DIR / FILES[kind]
 

@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 
 from pcdms_core.loading import checkpoints, encoders
 from pcdms_core.loading.vae import load_vae
-from pcdms_core.networks import vae as vae_ops
 from helpers import CONFIGS, PARITY
 
 # The references were computed with 2 CPU threads; the same reduction order keeps differences at the 1e-7 level.

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from pcdms_core import bundled
-from pcdms_core.train import demo_models as demo
 from pcdms_core.train import metrics
 from pcdms_core import images as im
 from pcdms_core.loading.checkpoints import inspect_checkpoint, load_checkpoint

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from torch import nn
 
 from ..errors import CheckpointError
 from ..networks.encoders import ImageEncoder

@@ -28,6 +28,7 @@ from .layers import ImageProjector, PoseEncoder
 
 PROJECTOR_NAME = {"paper": "image_proj_model_p", "noprior": "image_proj_model"}
 
+
 class InpaintModel(nn.Module):
     """UNet + pose encoder + image projector, named like the official checkpoint's prefixes."""
 

@@ -31,6 +31,7 @@ from .loop import (
     make_scheduler,
 )
 
+
 @dataclass
 class InpaintResult:
     target: Optional[torch.Tensor]  # [N, 3, H, W] in [0, 1]: the right half, the coarse target image

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -73,6 +73,7 @@ PRIOR_SCHEDULERS: tuple[str, ...] = ("unclip", "ddim", "ddpm")
 UNET_SCHEDULERS: tuple[str, ...] = (
     "unipc", "ddim", "ddpm", "pndm", "euler", "euler_ancestral", "dpmpp_2m", "heun",
 )
+
 
 def make_scheduler(name: str, family: str = "sd21"):
     """A fresh scheduler by name, with the betas of ``family`` ("sd21" for the UNets, "prior")."""

@@ -35,6 +35,7 @@ from .loop import (
     start_part_way,
 )
 
+
 @dataclass
 class RefineResult:
     images: Optional[torch.Tensor]  # [N, 3, H, W] in [0, 1]; None when ``sample_refine`` was told not to decode

@@ -18,7 +18,6 @@ the ComfyUI loaders and the demo workflows use them. Their topology is the offic
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import math
 import os
 import shutil
 import time
@@ -43,7 +42,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -59,7 +57,7 @@ from ..loading.encoders import load_image_encoder, save_image_encoder
 from ..errors import InputError, PCDMsError
 from ..networks.inpaint import InpaintModel
 from ..stages.inpaint import keep_mask, sample_inpaint
-from ..pose.keypoints import Pose, load_pose, pose_vector, render_pose
+from ..pose.keypoints import load_pose, pose_vector, render_pose
 from ..networks.prior import from_clip_space
 from ..stages.prior import sample_prior
 from ..networks.refine import RefineModel
