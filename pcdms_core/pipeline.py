@@ -199,11 +199,12 @@ class PCDMsPipeline:
         return tokens, clip_embedding
 
     @torch.no_grad()
-    def run_prior(self, clip_embedding, source_pose: Pose, target_pose: Pose, settings: StageSettings,
+    def run_prior(self, clip_embedding, source_pose, target_pose, settings: StageSettings,
                   seed: SeedLike = 42, callback=None) -> torch.Tensor:
+        """The target embedding; poses are ``Pose`` objects (or lists of them) or ``[B, 36]`` pose vectors."""
         prior = self._load("prior")
         embedding = sample_prior(
-            prior, clip_embedding, pose_vector(source_pose), pose_vector(target_pose),
+            prior, clip_embedding, _as_vector(source_pose), _as_vector(target_pose),
             steps=settings.steps, guidance_scale=settings.guidance_scale, scheduler=settings.scheduler,
             generator=_seed_of(settings, seed), callback=callback,
         )
@@ -304,6 +305,10 @@ class PCDMsPipeline:
         del vae
         self._collect()
         return PipelineResult(images=images, coarse=coarse, prior_embedding=embedding, source_tokens=tokens)
+
+
+def _as_vector(pose) -> torch.Tensor:
+    return pose if isinstance(pose, torch.Tensor) else pose_vector(pose)
 
 
 def _seed_of(settings: StageSettings, seed: SeedLike) -> SeedLike:

@@ -16,6 +16,7 @@ ground truth).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -25,10 +26,7 @@ from .. import bundled
 from ..cpu import speed_up
 from .. import images as im
 from . import metrics
-from ..stages.inpaint import sample_inpaint
-from ..pipeline import PCDMsPipeline, encode_source
-from ..stages.prior import sample_prior
-from ..stages.refine import sample_refine
+from ..pipeline import PCDMsPipeline, StageSettings
 from .synthetic import SyntheticPairs
 from .training import SyntheticData
 
@@ -56,23 +54,28 @@ def evaluate(pipe: PCDMsPipeline, out, *, count: int = 200, seed: int = EVAL_SEE
     methods = METHODS + ((NOPRIOR,) if noprior is not None else ())
     scores: dict[str, dict[str, list]] = {m: {"ssim": [], "colour_error": [], "lpips": []} for m in methods}
     grid_rows = []
+    # the pipeline's own stage methods (the one chain), each stage seeded per batch
+    prior_settings = StageSettings(steps=steps["prior"])
+    inpaint_settings = StageSettings(**{k: v for k, v in settings["inpaint"].items()})
+    refine_settings = StageSettings(**{k: v for k, v in settings["refine"].items()})
+    without_prior = replace(pipe, inpaint=noprior, uses_prior=False) if noprior is not None else None
+    size = tuple(size)
     for first in tqdm(range(0, count, batch_size), desc="evaluate", disable=not progress):
         b = data.batch(list(range(first, min(count, first + batch_size))))
-        feats = encode_source(b.source, pipe.dino, pipe.clip, size=size, prior_size=size)
-        emb = sample_prior(pipe.prior, feats.clip_embedding, b.source_pose, b.target_pose, steps=steps["prior"],
-                           generator=seed + first)
-        common = dict(size=size, generator=seed + first + 1, **settings["inpaint"])
-        coarse = sample_inpaint(pipe.inpaint, pipe.vae, b.source, b.source_skeleton, b.target_skeleton, feats.tokens,
-                                emb, **common).target
-        zeroed = sample_inpaint(pipe.inpaint, pipe.vae, b.source, b.source_skeleton, b.target_skeleton, feats.tokens,
-                                torch.zeros_like(emb), **common).target
-        refined = sample_refine(pipe.refine, pipe.vae, im.to_uint8(coarse), feats.tokens, size=size,
-                                generator=seed + first + 2, **settings["refine"]).images
+        tokens, clip_embedding = pipe.run_encoders(b.source, size)
+        emb = pipe.run_prior(clip_embedding, b.source_pose, b.target_pose, prior_settings, seed=seed + first)
+
+        def stage2(p: PCDMsPipeline, embedding) -> torch.Tensor:
+            return p.run_inpaint(b.source, b.source_skeleton, b.target_skeleton, tokens, embedding, size,
+                                 inpaint_settings, seed=seed + first + 1)
+
+        coarse = stage2(pipe, emb)
+        zeroed = stage2(pipe, torch.zeros_like(emb))
+        refined = pipe.run_refine(coarse, tokens, size, refine_settings, seed=seed + first + 2)
         outputs = {"source copy": b.source, "stage 2, zeroed embedding": im.to_uint8(zeroed),
                    "stage 2": im.to_uint8(coarse), "stages 1-3": im.to_uint8(refined)}
-        if noprior is not None:
-            outputs[NOPRIOR] = im.to_uint8(sample_inpaint(noprior, pipe.vae, b.source, b.source_skeleton,
-                                                          b.target_skeleton, feats.tokens, None, **common).target)
+        if without_prior is not None:
+            outputs[NOPRIOR] = im.to_uint8(stage2(without_prior, None))
         for name, pred in outputs.items():
             scores[name]["ssim"] += metrics.ssim(pred, b.target).tolist()
             scores[name]["colour_error"] += metrics.masked_colour_error(pred, b.target, b.target_mask).tolist()

@@ -56,10 +56,10 @@ from ..networks.encoders import ImageEncoder, preprocess
 from ..loading.encoders import load_image_encoder, save_image_encoder
 from ..errors import InputError, PCDMsError
 from ..networks.inpaint import InpaintModel
-from ..stages.inpaint import keep_mask, sample_inpaint
+from ..stages.inpaint import keep_mask
 from ..pose.keypoints import load_pose, pose_vector, render_pose
 from ..networks.prior import from_clip_space
-from ..stages.prior import sample_prior
+from ..pipeline import PCDMsPipeline, StageSettings
 from ..networks.refine import RefineModel
 from .synthetic import SyntheticPairs
 
@@ -796,20 +796,22 @@ def make_coarse(inpaint_path, out, *, count: int, seed: int = 0, steps: int = 10
     clip_model = load_image_encoder(clip or bundled.demo_file("clip"), "clip") if model.uses_prior else None
     prior_model = load_checkpoint(prior, expect="prior") if prior is not None else None
     data = SyntheticData(seed, size)
+    pipe = PCDMsPipeline(inpaint=model, vae=vae_model, dino=dino_model, prior=prior_model, clip=clip_model)
+    settings = StageSettings(steps=steps, guidance_scale=guidance_scale, scheduler=scheduler)
+    size = tuple(size)
     chunks = []
     for first in tqdm(range(0, count, batch_size), desc="stage-2 outputs", disable=not progress):
         b = data.batch(list(range(first, min(count, first + batch_size))))
         tokens = dino_model.encode(b.source, size)
         emb = None
-        if prior_model is not None:
-            emb = sample_prior(prior_model, clip_model.encode(b.source, size), b.source_pose, b.target_pose,
-                               generator=seed * 100_003 + first + 1)
+        if prior_model is not None:  # the pipeline's own stages, as at inference
+            emb = pipe.run_prior(clip_model.encode(b.source, size), b.source_pose, b.target_pose, StageSettings(),
+                                 seed=seed * 100_003 + first + 1)
         elif clip_model is not None:
             emb = clip_model.encode(b.target, size)
-        res = sample_inpaint(model, vae_model, b.source, b.source_skeleton, b.target_skeleton, tokens, emb, size=size,
-                             steps=steps, generator=seed * 100_003 + first, scheduler=scheduler,
-                             **({} if guidance_scale is None else {"guidance_scale": guidance_scale}))
-        chunks.append(im.to_uint8(res.target))
+        coarse = pipe.run_inpaint(b.source, b.source_skeleton, b.target_skeleton, tokens, emb, size, settings,
+                                  seed=seed * 100_003 + first)
+        chunks.append(im.to_uint8(coarse))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"images": torch.cat(chunks), "seed": seed, "steps": steps, "scheduler": scheduler or "default",
