@@ -177,14 +177,44 @@ def _progress(quiet: bool):
     return report
 
 
-def _load_target_pose(path: str, person):
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _existing_file(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise PCDMsError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise PCDMsError(f"{what} {p} is a folder; give a file")
+    return p
+
+
+def _open_image(path: str, what: str):
+    from PIL import Image, UnidentifiedImageError
+
+    p = _existing_file(path, what)
+    try:
+        with Image.open(p) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise PCDMsError(f"{what} {p} is not an image PIL can read ({exc})") from None
+
+
+def _load_any_pose(path: str, person, what: str):
+    """Keypoints (.json / .txt / .csv) as a ``Pose``; for the target, a skeleton image too."""
     from .images import as_uint8_batch
     from .pose.keypoints import load_pose
-    from PIL import Image
 
-    if Path(path).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
-        return as_uint8_batch(Image.open(path))
-    return load_pose(path, person=person)
+    p = _existing_file(path, what)
+    if p.suffix.lower() in IMAGE_SUFFIXES:
+        if what == "source pose":
+            raise PCDMsError(
+                f"the source pose {p.name} is an image: give the source person's keypoints (.json / .txt), for "
+                "example from comfyui_controlnet_aux's DWPose node or OpenPose's --write_json"
+            )
+        return as_uint8_batch(_open_image(path, what))
+    return load_pose(p, person=person)
 
 
 def _cpu_speed_up(model: torch.nn.Module) -> torch.nn.Module:
@@ -198,7 +228,7 @@ def _generate(args) -> int:
 
     from . import images as im
     from .pipeline import PCDMsPipeline, StageSettings
-    from .pose.keypoints import load_pose
+    from .pose.keypoints import Pose
 
     person = int(args.person) if args.person.lstrip("-").isdigit() else args.person
     inputs = ("source", "source_pose", "target_pose")
@@ -225,6 +255,19 @@ def _generate(args) -> int:
                     setattr(args, f"{stage}_{arg}", settings[key])
     elif args.dino is None or args.vae is None:
         raise PCDMsError("with --inpaint, also give --dino and --vae (and --prior and --clip for the paper model)")
+    # every input is read before any model loads, so a wrong path costs nothing
+    source = _open_image(args.source, "source image")
+    source_pose = _load_any_pose(args.source_pose, person, "source pose")
+    target_pose = _load_any_pose(args.target_pose, person, "target pose")
+    for name in ("inpaint", "prior", "refine", "clip", "dino", "vae"):  # files, or folders for some
+        if getattr(args, name) and not Path(getattr(args, name)).exists():
+            raise PCDMsError(f"--{name} model not found: {getattr(args, name)}")
+    if args.prior and not isinstance(target_pose, Pose):
+        raise PCDMsError(
+            f"the target pose {args.target_pose} is a skeleton image, but the prior (the paper path) needs "
+            "keypoints: give the target pose as a .json / .txt keypoint file, or use the no-prior checkpoint "
+            "(PCDMs_ckpt.pt), which reads skeleton images"
+        )
     args.size = args.size or (512, 512)
     args.prior_size = args.prior_size or args.size
     configs = {"prior": args.prior_config, "inpaint": args.inpaint_config, "refine": args.refine_config}
@@ -233,11 +276,10 @@ def _generate(args) -> int:
         configs={k: v for k, v in configs.items() if v}, dtype=DTYPES[args.dtype], device=args.device,
         prepare=_cpu_speed_up if torch.device(args.device or "cpu").type == "cpu" else None,
     )
-    source = Image.open(args.source).convert("RGB")
     result = pipe(
         source,
-        load_pose(args.source_pose, person=person),
-        _load_target_pose(args.target_pose, person),
+        source_pose,
+        target_pose,
         size=args.size,
         prior_size=args.prior_size,
         seed=args.seed,

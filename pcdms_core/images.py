@@ -24,7 +24,19 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+# PIL's modes for 16-bit (and 32-bit integer) grayscale, as 16-bit PNGs open: converting them to RGB clips
+# every value above 255, so they are scaled to 8 bits first (65535 -> 255).
+_WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    if img.mode in _WIDE_GRAY_MODES:
+        wide = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":  # 32-bit float grayscale: taken as 0..1 when it fits, else as 0..255
+        flt = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        flt = flt * 255.0 if flt.size and flt.max() <= 1.0 else flt
+        img = Image.fromarray(np.clip(np.rint(flt), 0, 255).astype(np.uint8), "L")
     arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
@@ -33,8 +45,8 @@ def as_uint8_batch(images: ImageLike) -> torch.Tensor:
     """Any accepted image form to a uint8 tensor ``[B, 3, H, W]``.
 
     Accepted: a PIL image or a list of them; a numpy array ``[H, W, C]`` or ``[B, H, W, C]`` (uint8, or floats
-    in [0, 1]); a tensor ``[B, 3, H, W]`` or ``[3, H, W]`` (uint8, or floats in [0, 1]). RGBA drops alpha and
-    grayscale is repeated to RGB.
+    in [0, 1]); a tensor ``[B, 3, H, W]`` or ``[3, H, W]`` (uint8, or floats in [0, 1]). RGBA drops alpha,
+    grayscale is repeated to RGB, 16-bit grayscale is scaled to 8 bits, palette and CMYK images are converted.
     """
     if isinstance(images, Image.Image):
         return _pil_to_tensor(images)[None]

@@ -1,6 +1,7 @@
 """``python -m pcdms_core`` end to end on the tiny models."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,33 @@ def test_errors_are_one_clean_message(tmp_path, tiny_models):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "stage-3 refining" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_input_paths_are_checked_before_any_model_loads(tmp_path):
+    """Each wrong input is one line and exit 2, found before the (here missing) models would be loaded."""
+    ex = ROOT / "pcdms_core" / "demo_models" / "examples"
+    src, sp, tp = ex / "pcdms_example_source.png", ex / "pcdms_example_source_pose.json", ex / "pcdms_example_target_pose.json"
+    skeleton = ex / "pcdms_example_target_pose.png"
+    models = ["--inpaint", tmp_path / "missing_s2.pt", "--dino", tmp_path / "d", "--vae", tmp_path / "v"]
+    cases = [
+        (["--source", tmp_path / "nope.png", "--source-pose", sp, "--target-pose", tp], "source image not found"),
+        (["--source", tmp_path, "--source-pose", sp, "--target-pose", tp], "is a folder"),
+        (["--source", ROOT / "README.md", "--source-pose", sp, "--target-pose", tp], "is not an image"),
+        (["--source", src, "--source-pose", skeleton, "--target-pose", tp], "source pose .* is an image"),
+        (["--source", src, "--source-pose", sp, "--target-pose", tmp_path / "t.json"], "target pose not found"),
+        (["--source", src, "--source-pose", sp, "--target-pose", tp], "--inpaint model not found"),
+        (["--source", src, "--source-pose", sp], "give --target-pose too"),
+    ]
+    for argv, message in cases:
+        proc = run_cli("generate", *argv, *models, "--out", tmp_path / "x.png")
+        assert proc.returncode == 2, (argv, proc.stderr)
+        assert proc.stderr.startswith("error: ") and re.search(message, proc.stderr), (message, proc.stderr)
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_skeleton_image_on_the_paper_path_says_what_to_give():
+    ex = ROOT / "pcdms_core" / "demo_models" / "examples"
+    proc = run_cli("generate", "--source", ex / "pcdms_example_source.png", "--source-pose",
+                   ex / "pcdms_example_source_pose.json", "--target-pose", ex / "pcdms_example_target_pose.png",
+                   "--out", "x.png")
+    assert proc.returncode == 2 and "needs keypoints" in proc.stderr and "PCDMs_ckpt.pt" in proc.stderr

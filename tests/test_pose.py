@@ -174,3 +174,41 @@ def test_align_pose_scales_and_centres_on_the_source():
 
 def test_joint_names():
     assert len(JOINT_NAMES) == 18 and JOINT_NAMES[1] == "neck" and JOINT_NAMES[17] == "left_ear"
+
+
+# --- the coordinate rules ------------------------------------------------------------------------------------------
+
+def _frame(people, w=512, h=768):
+    return [{"people": [{"pose_keypoints_2d": p} for p in people], "canvas_width": w, "canvas_height": h}]
+
+
+def _person(xy, c=0.9):
+    out = []
+    for x, y in xy:
+        out += [x, y, c]
+    return out
+
+
+def test_a_joint_slightly_past_the_frame_keeps_normalised_coordinates():
+    """OpenPose writes 1.02 for a joint just off the frame: the person stays in normalised coordinates."""
+    xy = [(0.5, 0.1 + 0.04 * k) for k in range(18)]
+    xy[10] = (0.55, 1.02)  # right ankle just below the frame
+    pose = people_from_keypoints(_frame([_person(xy)]))[0]
+    assert abs(pose.xy[10, 1] - 1.02) < 1e-9 and abs(pose.xy[0, 0] - 0.5) < 1e-9
+
+
+def test_the_convention_is_decided_once_per_frame():
+    """Two people in one frame share one convention: pixels when any coordinate is far above the limit."""
+    small = [(0.4 + 0.01 * k, 0.5 + 0.01 * k) for k in range(18)]  # looks normalised on its own
+    pixels = [(100 + 5 * k, 200 + 10 * k) for k in range(18)]
+    a, b = people_from_keypoints(_frame([_person(small), _person(pixels)]))
+    assert abs(b.xy[0, 0] - 100 / 512) < 1e-9
+    assert abs(a.xy[0, 0] - 0.4 / 512) < 1e-9  # the same frame: pixels for both
+
+
+def test_a_pose_entirely_off_the_canvas_is_refused_before_rendering():
+    pose = people_from_keypoints(_frame([_person([(900 + k, 1000 + k) for k in range(18)])]))[0]
+    with pytest.raises(PoseError, match="no joint of this pose lies on the canvas"):
+        render_pose(pose, (64, 64))
+    half = people_from_keypoints(_frame([_person([(100 + 30 * k, 300) for k in range(18)])]))[0]
+    assert render_pose(half, (64, 64)).sum() > 0  # partly off the canvas: drawn, clipped as officially

@@ -16,6 +16,8 @@ import json
 import mmap
 import os
 import pickle
+import pickletools
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,7 +197,62 @@ def _unwrap(obj, path: Path) -> dict:
     )
 
 
+def _what_else(head: bytes) -> Optional[str]:
+    """What a file that should be a PyTorch checkpoint is instead, from its first bytes (None: it may be one)."""
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch's zip format, or a legacy pickle
+        return None
+    text = head.lstrip().lower()
+    known = [
+        (head[:8] == b"\x89PNG\r\n\x1a\n", "a PNG image"),
+        (head[:3] == b"\xff\xd8\xff", "a JPEG image"),
+        (head[:4] == b"RIFF" and head[8:12] == b"WEBP", "a WebP image"),
+        (text.startswith((b"<!doctype html", b"<html", b"<head", b"<!--")),
+         "a web page (what a failed or blocked download saves under the file's name)"),
+        (text.startswith((b"{", b"[")), "a JSON file"),
+        (head[:4] == b"GGUF", "a GGUF file"),
+    ]
+    for hit, what in known:
+        if hit:
+            return what
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"
+    return "not a PyTorch checkpoint"
+
+
+def _code_the_pickle_needs(path: Path, message: str) -> str:
+    """The classes or functions a pickle refers to beyond plain weights, read without running it (pickletools
+    only lists its opcodes); "" when the file is no readable pickle (damaged, or something else)."""
+    hit = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    if hit:
+        return hit.group(1)
+    names, strings = [], []
+    try:
+        with open(path, "rb") as fh:
+            for op, arg, _ in pickletools.genops(fh):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # not a pickle, or one cut short: nothing here asks for code
+        return ""
+    code = [n for n in dict.fromkeys(names) if not n.startswith(("torch.", "collections.OrderedDict"))]
+    return ", ".join(code[:3])
+
+
 def _open_pickle(path: Path) -> WeightFile:
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    other = _what_else(head)
+    if other == "safetensors":  # a safetensors file under a .pt name: read it as what it is
+        return _open_safetensors(path)
+    if other is not None:
+        raise CheckpointError(
+            f"{path.name} is {other}, not a model checkpoint: the file is not what its name says. Download the "
+            "checkpoint again (from the link in the README's model table) and check its size."
+        )
+
     def load(mmap: bool):
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
 
@@ -207,9 +264,14 @@ def _open_pickle(path: Path) -> WeightFile:
                 raise
             obj = load(mmap=False)  # legacy (non-zip) format cannot be memory-mapped
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        needs = _code_the_pickle_needs(path, str(exc))
+        if not needs:  # not a readable pickle at all: damaged, and no reason to think of unsafe loading
+            raise CheckpointError(
+                f"cannot read {path.name}: the file is damaged or not a PyTorch checkpoint. Download it again."
+            ) from None
         raise CheckpointError(
-            f"{path.name} is a pickle that needs more than plain weights to load ({first_line}).\n{UNSAFE_ADVICE}"
+            f"{path.name} is a pickle that needs more than plain weights to load (it refers to {needs}).\n"
+            f"{UNSAFE_ADVICE}"
         ) from None
     except (zipfile.BadZipFile, EOFError) as exc:
         raise CheckpointError(

@@ -122,8 +122,14 @@ def _to_coco18(kps: np.ndarray) -> np.ndarray:
     )
 
 
+# Coordinates count as normalised (fractions of the canvas) when every visible coordinate of the frame is at most
+# this in size: joints just off the frame are written slightly outside [0, 1] (OpenPose writes 1.02), while
+# pixel coordinates of a person are many pixels apart.
+NORMALIZED_LIMIT = 1.5
+
+
 def _looks_normalized(points: np.ndarray) -> bool:
-    return bool(points.size) and float(np.abs(points).max()) <= 1.0
+    return bool(points.size) and float(np.abs(points).max()) <= NORMALIZED_LIMIT
 
 
 def _person_from_triplets(
@@ -180,8 +186,9 @@ def people_from_keypoints(
     """Every person of one frame of a ``POSE_KEYPOINT`` value or OpenPose dict (see the module docstring).
 
     ``canvas`` overrides the frame's ``canvas_width``/``canvas_height``; ``normalized`` forces the coordinate
-    convention (by default: normalised when every visible coordinate is within [0, 1]). A joint is visible
-    when its confidence is above ``threshold``.
+    convention (by default, decided once for the whole frame: normalised when every visible coordinate of every
+    person is at most ``NORMALIZED_LIMIT`` in size, else pixels). A joint is visible when its confidence is
+    above ``threshold``.
     """
     frames = _frames(data)
     if not frames:
@@ -196,13 +203,16 @@ def people_from_keypoints(
         if "animals" in f:
             raise PoseError("this is an animal pose (AnimalPose); PCDMs needs a human OpenPose/DWPose pose")
         raise PoseError("the pose frame has no 'people' list")
+    bodies = [(person, _triplets(person["pose_keypoints_2d"], "pose_keypoints_2d"))
+              for person in people if person.get("pose_keypoints_2d")]
+    if normalized is None and bodies:  # one convention for the whole frame
+        points = [kps[(kps[:, 2] > threshold) & np.isfinite(kps[:, :2]).all(axis=1), :2]
+                  for kps in (_to_coco18(k) for _, k in bodies)]
+        normalized = _looks_normalized(np.concatenate(points))
     out = []
-    for person in people:
-        body = person.get("pose_keypoints_2d")
-        if not body:
-            continue
+    for person, kps in bodies:
         hands = (person.get("hand_left_keypoints_2d"), person.get("hand_right_keypoints_2d"))
-        out.append(_person_from_triplets(_triplets(body, "pose_keypoints_2d"), canvas, normalized, threshold, hands))
+        out.append(_person_from_triplets(kps, canvas, normalized, threshold, hands))
     return out
 
 
@@ -369,6 +379,12 @@ def render_pose(
     if not poses:
         raise PoseError("nothing to render: no pose given")
     w, h = size or poses[0].canvas
+    on_canvas = sum(int(((p.xy >= 0) & (p.xy <= 1)).all(axis=1)[p.visible].sum()) for p in poses)
+    if on_canvas == 0 and any(p.num_visible for p in poses):
+        raise PoseError(
+            "no joint of this pose lies on the canvas (every visible joint is outside the image), so its skeleton "
+            "would be empty: check the pose's canvas size (canvas_width / canvas_height) and its coordinates"
+        )
     bodies = [(p.xy, p.visible) for p in poses]
     hand_list = [hand for p in poses for hand in p.hands] if hands else None
     img = draw_skeleton(int(w), int(h), bodies, hand_list, stick_width=stick_width, joint_radius=joint_radius)
