@@ -4,8 +4,8 @@
     source ──DINOv2 (once)──┬──> inpaint(source, [source pose | target pose] skeletons, target embedding) ──> coarse
                             └──> refine(coarse) ──> image
 
-Each stage is also a function of its own (``prior.sample_prior``, ``inpaint.sample_inpaint``,
-``refine.sample_refine``); this module only wires them, computing the source's DINOv2 tokens once for
+Each stage is also a function of its own (``stages.prior.sample_prior``, ``stages.inpaint.sample_inpaint``,
+``stages.refine.sample_refine``); this module only wires them, computing the source's DINOv2 tokens once for
 stages 2 and 3. With the no-prior checkpoint the prior and CLIP are skipped, and the target pose may
 be an image (for example a DWPose rendering).
 """
@@ -136,7 +136,7 @@ class PCDMsPipeline:
         lazy: bool = False,
         prepare: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None,
     ) -> "PCDMsPipeline":
-        """Models from local files (see ``checkpoints.load_checkpoint``; ``configs`` may map "prior" /
+        """Models from local files (see ``loading.checkpoints.load_checkpoint``; ``configs`` may map "prior" /
         "inpaint" / "refine" to a config for tiny or custom-size models).
 
         ``lazy=True`` keeps only the paths: each stage loads its models just before it runs and frees them

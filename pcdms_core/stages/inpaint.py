@@ -123,8 +123,8 @@ def sample_inpaint(
     freed). Defaults are the official ones for the model's variant.
 
     ``source``, ``source_pose`` and ``target_pose`` are image batches (see ``images.as_uint8_batch``; the
-    poses are rendered skeletons, see ``pose.render_pose``). ``source_tokens`` are the DINOv2
-    ``last_hidden_state`` of the source (``encoders.ImageEncoder``), ``prior_embedding`` the prior's
+    poses are rendered skeletons, see ``pose.keypoints.render_pose``). ``source_tokens`` are the DINOv2
+    ``last_hidden_state`` of the source (``networks.encoders.ImageEncoder``), ``prior_embedding`` the prior's
     output (paper variant). ``size`` is (W, H) of one half.
 
     Randomness, in the official order: the VAE posterior sample of [source | black], then the initial
