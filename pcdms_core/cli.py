@@ -316,14 +316,55 @@ def _convert(args) -> int:
     return 0
 
 
+def _describe_other(path: str) -> Optional[str]:
+    """A few lines for a model file that is not a PCDMs stage: an image encoder or a VAE (None: neither)."""
+    from .loading.encoders import sniff_encoder_kind
+    from .loading.vae import looks_like_vae
+    from .loading.weights import open_weights
+
+    weights = open_weights(path)
+    keys = list(weights)
+    kind = sniff_encoder_kind(keys)
+    what = {"clip": "CLIP vision model (transformers layout): the prior's image encoder, give it as --clip",
+            "openclip": "CLIP vision model (OpenCLIP layout): the prior's image encoder, give it as --clip",
+            "dinov2": "DINOv2 model: the image encoder of stages 2 and 3, give it as --dino"}.get(kind)
+    if what is None and looks_like_vae(keys):
+        what = "VAE (AutoencoderKL): the latent codec of stages 2 and 3, give it as --vae"
+    if what is None:
+        return None
+    count = sum(_numel(weights.shapes[k]) for k in keys)
+    return f"file:       {path}\nformat:     {weights.format}\nmodel:      {what}\ntensors:    {len(keys)} ({count:,} values)"
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
 def _inspect(args) -> int:
+    """Describe each file; a file that is not a PCDMs stage is described as what it is, and the rest go on."""
     from .loading.checkpoints import describe, inspect_checkpoint
 
+    failed = 0
     for k, f in enumerate(args.files):
         if k:
             print()
-        print(describe(inspect_checkpoint(f, config=args.config)))
-    return 0
+        try:
+            print(describe(inspect_checkpoint(f, config=args.config)))
+        except PCDMsError as exc:
+            other = None
+            try:
+                other = _describe_other(f)
+            except PCDMsError:
+                pass
+            if other is None:
+                print(f"error: {exc}", file=sys.stderr)
+                failed += 1
+            else:
+                print(other)
+    return 2 if failed else 0
 
 
 def _train(args) -> int:

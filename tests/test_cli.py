@@ -113,3 +113,17 @@ def test_a_skeleton_image_on_the_paper_path_says_what_to_give():
                    ex / "pcdms_example_source_pose.json", "--target-pose", ex / "pcdms_example_target_pose.png",
                    "--out", "x.png")
     assert proc.returncode == 2 and "needs keypoints" in proc.stderr and "PCDMs_ckpt.pt" in proc.stderr
+
+
+def test_inspect_describes_encoders_and_vaes_and_goes_on(tmp_path):
+    demo = ROOT / "pcdms_core" / "demo_models"
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a model")
+    proc = run_cli("inspect", demo / "vae" / "pcdms_demo_vae.safetensors", junk,
+                   demo / "clip_vision" / "pcdms_demo_dinov2.safetensors",
+                   demo / "clip_vision" / "pcdms_demo_clip.safetensors", demo / "pcdms" / "pcdms_demo_refine.safetensors")
+    out = proc.stdout
+    assert "VAE (AutoencoderKL)" in out and "--vae" in out
+    assert "DINOv2 model" in out and "--dino" in out and "CLIP vision model" in out and "--clip" in out
+    assert "stage-3 refining" in out  # the files after the failing one were described too
+    assert proc.returncode == 2 and proc.stderr.count("error: ") == 1 and "notes.txt" in proc.stderr

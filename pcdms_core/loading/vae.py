@@ -29,6 +29,12 @@ SD21_BASE_VAE = dict(
 _LDM_MARKERS = ("encoder.down.0.", "first_stage_model.encoder.", "vae.encoder.down.0.")
 
 
+def looks_like_vae(keys) -> bool:
+    """Whether tensor names are a VAE's: diffusers' AutoencoderKL, or the original LDM / ComfyUI layout."""
+    keys = list(keys)
+    return "encoder.conv_in.weight" in keys or any(k.startswith(_LDM_MARKERS) for k in keys)
+
+
 def _vae_files(path: Path) -> tuple[Path, Optional[Path]]:
     if path.is_dir():
         weights = folder_weight_file(path, ("diffusion_pytorch_model", "model"))
@@ -59,7 +65,7 @@ def load_vae(path, *, config: Optional[dict] = None, dtype: Optional[torch.dtype
         cfg.update(json.loads(weights.metadata["pcdms.config"]))
     keys = list(weights)
     ldm = any(k.startswith(_LDM_MARKERS) for k in keys)
-    if not ldm and "encoder.conv_in.weight" not in weights:
+    if not looks_like_vae(keys):
         raise CheckpointError(
             f"{weight_path.name} is not a VAE (no encoder/decoder tensors; e.g. {', '.join(keys[:3])}). "
             "Use the SD 2.1-base VAE (diffusers folder, or a single .safetensors in models/vae)."
