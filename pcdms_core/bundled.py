@@ -43,5 +43,21 @@ def example_file(kind: str) -> Path:
     return DEMO_DIR / EXAMPLES[kind]
 
 
+def is_demo_file(path) -> bool:
+    """Whether ``path`` is one of the bundled demo model files (the same file, or a copy of it: same name and
+    size), whose working size and sampler settings are ``SIZE`` and ``SAMPLING``, not the official ones."""
+    if path is None:
+        return False
+    p = Path(path)
+    for kind in FILES:
+        shipped = demo_file(kind)
+        try:
+            if p.resolve() == shipped.resolve() or (p.name == shipped.name and p.stat().st_size == shipped.stat().st_size):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def has_demo_models() -> bool:
     return all(demo_file(k).exists() for k in FILES)

@@ -152,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
         ev.add_argument(f"--{stage}-scheduler", help="default: the demo models' settings (pcdms_core.bundled.SAMPLING)")
         ev.add_argument(f"--{stage}-guidance", type=float)
     ev.add_argument("--refine-strength", type=float, help="stage 3's img2img strength (1: from pure noise)")
-    ev.add_argument("--inpaint-noprior", help="demo-variant stage 2 (no prior) scored too (default: the demo model)")
+    ev.add_argument("--inpaint-noprior", help="a stage-2 model without the prior, scored too (default: the demo one)")
     for name in ("prior", "inpaint", "refine", "clip", "dino", "vae"):
         ev.add_argument(f"--{name}", help=f"{name} model (default: the demo model)")
 
@@ -240,20 +240,22 @@ def _generate(args) -> int:
     elif not all(given):
         missing = ", ".join("--" + k.replace("_", "-") for k, g in zip(inputs, given) if not g)
         raise PCDMsError(f"give {missing} too (or none of --source, --source-pose, --target-pose for the bundled example)")
+    from . import bundled
+
     if args.inpaint is None:
-        from . import bundled
         if not bundled.has_demo_models():
             raise PCDMsError(f"no --inpaint checkpoint given and the demo models are missing from {bundled.DEMO_DIR}")
         for name in ("prior", "inpaint", "refine", "clip", "dino", "vae"):
             if getattr(args, name) is None:
                 setattr(args, name, str(bundled.demo_file(name)))
+    if bundled.is_demo_file(args.inpaint):  # the demo models bring their own working size and sampler settings
         args.size = args.size or bundled.SIZE
-        for stage, settings in bundled.SAMPLING.items():  # what the demo models are sampled with, unless given
+        for stage, settings in bundled.SAMPLING.items():  # unless given on the command line
             for key, arg in (("steps", "steps"), ("guidance_scale", "guidance"), ("scheduler", "scheduler"),
                              ("strength", "strength")):
                 if key in settings and getattr(args, f"{stage}_{arg}") is None:
                     setattr(args, f"{stage}_{arg}", settings[key])
-    elif args.dino is None or args.vae is None:
+    if args.dino is None or args.vae is None:
         raise PCDMsError("with --inpaint, also give --dino and --vae (and --prior and --clip for the paper model)")
     # every input is read before any model loads, so a wrong path costs nothing
     source = _open_image(args.source, "source image")

@@ -127,3 +127,20 @@ def test_inspect_describes_encoders_and_vaes_and_goes_on(tmp_path):
     assert "DINOv2 model" in out and "--dino" in out and "CLIP vision model" in out and "--clip" in out
     assert "stage-3 refining" in out  # the files after the failing one were described too
     assert proc.returncode == 2 and proc.stderr.count("error: ") == 1 and "notes.txt" in proc.stderr
+
+
+def test_naming_the_demo_files_explicitly_uses_their_own_size_and_settings(tmp_path):
+    """The bundled files bring their working size (64) and sampler settings, named or defaulted alike (a copy of
+    one is recognised too)."""
+    from PIL import Image
+
+    from pcdms_core import bundled
+
+    copy = tmp_path / "pcdms_demo_inpaint.safetensors"
+    copy.write_bytes(bundled.demo_file("inpaint").read_bytes())
+    files = {k: bundled.demo_file(k) for k in ("prior", "refine", "clip", "dino", "vae")}
+    proc = run_cli("generate", "--inpaint", copy, *[a for k, f in files.items() for a in (f"--{k}", f)],
+                   "--keep-square", "--quiet", "--out", tmp_path / "x.png")
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(tmp_path / "x.png").size == bundled.SIZE
+    assert bundled.is_demo_file(copy) and not bundled.is_demo_file(ROOT / "README.md")
