@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .bundled import SAMPLING
+from . import bundled
 from .errors import PCDMsError
 from .stages.defaults import DEFAULTS
 from .stages.loop import PRIOR_SCHEDULERS, UNET_SCHEDULERS
@@ -65,12 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     official = {"prior": DEFAULTS["prior"], "inpaint": DEFAULTS["paper"], "refine": DEFAULTS["refine"]}
     for stage, d in official.items():
         noprior = f"; no-prior checkpoint {DEFAULTS['noprior'].steps}" if stage == "inpaint" else ""
-        demo = "" if stage == "prior" else f"; the demo models: {SAMPLING[stage]['steps']}"
+        demo = "" if stage == "prior" else f"; the demo models: {bundled.SAMPLING[stage]['steps']}"
         g.add_argument(f"--{stage}-steps", type=int, help=f"default: official {d.steps}{noprior}{demo}")
-        demo = "" if stage == "prior" else f"; the demo models: {SAMPLING[stage]['guidance_scale']:g}"
+        demo = "" if stage == "prior" else f"; the demo models: {bundled.SAMPLING[stage]['guidance_scale']:g}"
         g.add_argument(f"--{stage}-guidance", type=float, help=f"default: official {d.guidance_scale:g}{demo}")
         noprior = f"; no-prior checkpoint {DEFAULTS['noprior'].scheduler}" if stage == "inpaint" else ""
-        demo = "" if stage == "prior" else f"; the demo models: {SAMPLING[stage]['scheduler']}"
+        demo = "" if stage == "prior" else f"; the demo models: {bundled.SAMPLING[stage]['scheduler']}"
         choices = PRIOR_SCHEDULERS if stage == "prior" else UNET_SCHEDULERS
         g.add_argument(f"--{stage}-scheduler", choices=choices,
                        help=f"one of {', '.join(choices)} (default: official {d.scheduler}{noprior}{demo})")
@@ -234,14 +235,11 @@ def _generate(args) -> int:
     inputs = ("source", "source_pose", "target_pose")
     given = [getattr(args, k) is not None for k in inputs]
     if not any(given):  # the bundled example: the person and poses the demo models were evaluated on
-        from . import bundled
         for k in inputs:
             setattr(args, k, str(bundled.example_file(k)))
     elif not all(given):
         missing = ", ".join("--" + k.replace("_", "-") for k, g in zip(inputs, given) if not g)
         raise PCDMsError(f"give {missing} too (or none of --source, --source-pose, --target-pose for the bundled example)")
-    from . import bundled
-
     if args.inpaint is None:
         if not bundled.has_demo_models():
             raise PCDMsError(f"no --inpaint checkpoint given and the demo models are missing from {bundled.DEMO_DIR}")
@@ -334,15 +332,8 @@ def _describe_other(path: str) -> Optional[str]:
         what = "VAE (AutoencoderKL): the latent codec of stages 2 and 3, give it as --vae"
     if what is None:
         return None
-    count = sum(_numel(weights.shapes[k]) for k in keys)
+    count = sum(math.prod(int(s) for s in weights.shapes[k]) for k in keys)
     return f"file:       {path}\nformat:     {weights.format}\nmodel:      {what}\ntensors:    {len(keys)} ({count:,} values)"
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
 
 
 def _inspect(args) -> int:
@@ -370,7 +361,6 @@ def _inspect(args) -> int:
 
 
 def _train(args) -> int:
-    from . import bundled
     from .train.training import TrainConfig, train
 
     cfg = TrainConfig(
@@ -403,7 +393,6 @@ def _init_encoders(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from . import bundled
     from .loading.checkpoints import load_checkpoint
     from .train.evaluation import evaluate, format_table
     from .pipeline import PCDMsPipeline

@@ -300,17 +300,12 @@ def open_weights(path: os.PathLike | str) -> WeightFile:
         return _open_safetensors(p)
     if suffix in PICKLE_SUFFIXES:
         return _open_pickle(p)
-    # Unknown suffix: sniff the content.
+    # Unknown suffix: what the content is (the same sniffing as for a .pt that is something else).
     with open(p, "rb") as fh:
-        head = fh.read(8)
-    if head[:2] == b"PK":
-        return _open_pickle(p)
-    try:
-        return _open_safetensors(p)
-    except CheckpointError:
-        raise CheckpointError(
-            f"{p.name}: unknown file type; expected .safetensors or a PyTorch .pt/.pth/.bin checkpoint"
-        ) from None
+        kind = _what_else(fh.read(64))
+    if kind is None or kind == "safetensors":
+        return _open_pickle(p)  # a PyTorch checkpoint, or a safetensors file, read as what it is
+    raise CheckpointError(f"{p.name} is {kind}; expected a .safetensors file or a PyTorch .pt/.pth/.bin checkpoint")
 
 
 def folder_weight_file(folder: Path, stems: tuple[str, ...]) -> Optional[Path]:

@@ -56,8 +56,8 @@ def evaluate(pipe: PCDMsPipeline, out, *, count: int = 200, seed: int = EVAL_SEE
     grid_rows = []
     # the pipeline's own stage methods (the one chain), each stage seeded per batch
     prior_settings = StageSettings(steps=steps["prior"])
-    inpaint_settings = StageSettings(**{k: v for k, v in settings["inpaint"].items()})
-    refine_settings = StageSettings(**{k: v for k, v in settings["refine"].items()})
+    inpaint_settings = StageSettings(**settings["inpaint"])
+    refine_settings = StageSettings(**settings["refine"])
     without_prior = replace(pipe, inpaint=noprior, uses_prior=False) if noprior is not None else None
     size = tuple(size)
     for first in tqdm(range(0, count, batch_size), desc="evaluate", disable=not progress):
