@@ -1,6 +1,7 @@
 """Unusual but usable inputs give correct results, with the conversions written in the library's docstrings."""
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -82,3 +83,202 @@ def test_a_safetensors_file_under_a_pt_name_loads_as_what_it_is(tmp_path):
     path = save_checkpoint(model, tmp_path / "s3.safetensors")
     renamed = path.rename(tmp_path / "s3_renamed.pt")
     assert inspect_checkpoint(renamed).variant == "refine"
+
+
+# --- model files and configs that cannot make a working model: one CheckpointError at load time ----------------
+
+def _official_sd(name: str) -> dict:
+    obj = torch.load(PARITY_CKPT / f"{name}.pt", map_location="cpu", weights_only=True)
+    return dict(obj["module"])
+
+
+def _load_changed(tmp_path, name: str, change=None, config_changes=None, **kw):
+    """Load the parity file ``name`` after ``change(state_dict)`` and with ``config_changes`` in its config."""
+    import json
+
+    from pcdms_core import load_checkpoint
+
+    from helpers import CONFIGS, save_deepspeed
+
+    sd = _official_sd(name)
+    if change is not None:
+        change(sd)
+    path = save_deepspeed(tmp_path / f"{name}_changed.pt", sd)
+    config = dict(json.loads(CONFIGS[name].read_text()), **(config_changes or {}))
+    return load_checkpoint(path, config=config, **kw)
+
+
+from helpers import PARITY as _PARITY  # noqa: E402
+
+PARITY_CKPT = _PARITY / "checkpoints"
+
+
+@pytest.mark.parametrize("name, channels, want, fits", [
+    ("s2_paper", 4, "takes 9 (4 noisy latents + 1 mask + 4 masked-image latents)", "a plain text-to-image UNet"),
+    ("s2_demo", 8, "takes 9", "a stage-3 (refining) UNet"),
+    ("s3", 9, "takes 8 (4 noisy latents + 4 coarse-image latents)", "a stage-2 (inpainting) UNet"),
+])
+def test_a_unet_with_the_wrong_input_channels_for_its_stage_is_refused(tmp_path, name, channels, want, fits):
+    from pcdms_core import CheckpointError
+
+    def change(sd):
+        w = sd["unet.conv_in.weight"]
+        sd["unet.conv_in.weight"] = torch.zeros(w.shape[0], channels, *w.shape[2:])
+
+    with pytest.raises(CheckpointError) as err:
+        _load_changed(tmp_path, name, change)
+    msg = str(err.value)
+    assert f"takes {channels} input channels" in msg and want in msg and fits in msg and "unet.conv_in.weight" in msg
+
+
+@pytest.mark.parametrize("name, key", [
+    ("s2_paper", "unet.conv_out.weight"),
+    ("s2_paper", "image_proj_model_p.net.4.weight"),
+    ("s2_demo", "pose_proj.conv_out.weight"),
+    ("s2_demo", "pose_proj.blocks.1.weight"),
+    ("s3", "unet.conv_out.weight"),
+])
+def test_a_missing_tensor_that_a_size_is_read_from_is_named(tmp_path, name, key):
+    from pcdms_core import CheckpointError
+
+    with pytest.raises(CheckpointError) as err:
+        _load_changed(tmp_path, name, lambda sd: sd.pop(key))
+    assert repr(key) in str(err.value) and "incomplete" in str(err.value)
+
+
+def test_a_tensor_of_the_wrong_rank_is_named(tmp_path):
+    from pcdms_core import CheckpointError
+
+    def change(sd):
+        sd["unet.conv_in.weight"] = sd["unet.conv_in.weight"].flatten()
+
+    with pytest.raises(CheckpointError, match=r"'unet.conv_in.weight' has shape \[\d+\] \(1 dimensions\)"):
+        _load_changed(tmp_path, "s3", change)
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"norm_num_groups": 3}, "norm_num_groups 3 does not divide the channel widths [8, 16]"),
+    ({"attention_head_dim": [3, 3]}, "attention_head_dim 3 does not divide the width 8 of level 0"),
+    ({"num_attention_heads": 5}, "num_attention_heads 5 does not divide the width 8"),
+    ({"block_out_channels": ["8", 16]}, "block_out_channels must hold whole numbers"),
+    ({"block_out_channels": 8}, "block_out_channels must be a list"),
+    ({"block_out_channels": [8, -16]}, "block_out_channels must hold numbers of at least 1"),
+    ({"layers_per_block": -1}, "layers_per_block must hold numbers of at least 1"),
+    ({"layers_per_block": [1, 1, 1]}, "layers_per_block lists 3 values but there are 2 blocks"),
+    ({"cross_attention_dim": "1024"}, "cross_attention_dim must hold whole numbers"),
+    ({"down_block_types": ["CrossAttnDownBlock2D"]}, "must have the same length"),
+    ({"norm_eps": -1}, "norm_eps must be a number more than 0"),
+    ({"down_block_types": ["FancyDownBlock2D", "DownBlock2D"]}, "cannot build the network: ValueError"),
+])
+def test_a_unet_config_with_impossible_values_is_refused_naming_the_setting(tmp_path, changes, named):
+    from pcdms_core import CheckpointError
+
+    with pytest.raises(CheckpointError) as err:
+        _load_changed(tmp_path, "s3", config_changes=changes)
+    msg = str(err.value)
+    assert named in msg and "config from argument" in msg and "Correct or remove that config" in msg
+    assert "Traceback" not in msg
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"num_layers": "two"}, "num_layers must be a whole number, got 'two'"),
+    ({"num_attention_heads": 0}, "num_attention_heads must be at least 1"),
+    ({"embed_std": 0}, "embed_std must be a number more than 0"),
+    ({"dropout": 2}, "dropout must be a number at least 0.0 and at most 1.0"),
+])
+def test_a_prior_config_with_impossible_values_is_refused(tmp_path, changes, named):
+    from pcdms_core import CheckpointError
+
+    with pytest.raises(CheckpointError, match=re.escape(named)):
+        _load_changed(tmp_path, "s1", config_changes=changes)
+
+
+def test_weights_of_another_model_size_name_each_kind_of_difference(tmp_path):
+    """The general check: every tensor against the model the config builds; a few named, and the counts."""
+    from pcdms_core import CheckpointError
+
+    with pytest.raises(CheckpointError) as err:
+        _load_changed(tmp_path, "s2_paper", config_changes={"block_out_channels": [16, 32], "layers_per_block": 2})
+    msg = str(err.value)
+    assert re.search(r"\d+ tensors missing from the file, e.g. unet\.\S+, unet\.\S+, unet\.\S+", msg)
+    shapes = re.search(r"(\d+) tensors with other shapes, e.g. (.*)", msg)
+    assert shapes and int(shapes.group(1)) > 3 and shapes.group(2).count(" vs model ") == 3
+    assert "the config from argument does not describe this checkpoint" in msg
+
+
+def test_a_file_that_mixes_two_models_is_refused(tmp_path):
+    from pcdms_core import CheckpointError
+
+    def change(sd):  # a pose encoder whose output does not fit the UNet's first level
+        w = sd["pose_proj.conv_out.weight"]
+        sd["pose_proj.conv_out.weight"] = torch.zeros(w.shape[0] * 2, *w.shape[1:])
+        sd["pose_proj.conv_out.bias"] = torch.zeros(w.shape[0] * 2)
+
+    with pytest.raises(CheckpointError, match="mixes parts of two models: its pose encoder"):
+        _load_changed(tmp_path, "s2_demo", change)
+
+
+@pytest.mark.parametrize("value, what", [(float("nan"), "1 NaN, 0 infinite"), (float("inf"), "0 NaN, 1 infinite")])
+def test_a_file_with_non_finite_weights_is_refused_at_load(tmp_path, value, what):
+    from pcdms_core import CheckpointError
+
+    def change(sd):
+        sd["unet.conv_in.weight"] = sd["unet.conv_in.weight"].clone()
+        sd["unet.conv_in.weight"].view(-1)[3] = value
+
+    with pytest.raises(CheckpointError) as err:
+        _load_changed(tmp_path, "s3", change)
+    msg = str(err.value)
+    assert "NaN or infinite weights in 1 tensors" in msg and f"unet.conv_in.weight ({what}" in msg
+    assert "Download it again" in msg
+
+
+def test_values_that_overflow_fp16_when_cast_are_refused_with_the_dtype_to_use(tmp_path):
+    from pcdms_core import CheckpointError
+
+    def change(sd):
+        sd["unet.conv_in.bias"] = sd["unet.conv_in.bias"].float().clone()
+        sd["unet.conv_in.bias"][0] = 1e6
+
+    with pytest.raises(CheckpointError, match="too large for float16.*load it in bf16 or fp32"):
+        _load_changed(tmp_path, "s3", change, dtype=torch.float16)
+    assert _load_changed(tmp_path, "s3", change, dtype=torch.bfloat16) is not None  # bf16 holds 1e6
+
+
+def test_the_process_still_loads_after_failed_loads(tmp_path):
+    from pcdms_core import CheckpointError
+
+    with pytest.raises(CheckpointError):
+        _load_changed(tmp_path, "s3", config_changes={"norm_num_groups": 3})
+    with pytest.raises(CheckpointError):
+        _load_changed(tmp_path, "s3", lambda sd: sd.pop("unet.conv_out.weight"))
+    model = _load_changed(tmp_path, "s3")
+    assert model.variant == "refine" and all(p.device.type == "cpu" for p in model.parameters())
+    assert isinstance(torch.nn.Linear(2, 2).weight.device, torch.device)  # empty_weights was undone
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"
+
+
+def test_an_encoder_file_missing_a_tensor_its_size_is_read_from_is_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from pcdms_core import CheckpointError, load_image_encoder
+
+    sd = load_file(str(_PARITY / "dinov2" / "model.safetensors"))
+    sd.pop("embeddings.position_embeddings")
+    save_file(sd, str(tmp_path / "dino.safetensors"))
+    with pytest.raises(CheckpointError, match="'embeddings.position_embeddings'.*incomplete"):
+        load_image_encoder(tmp_path / "dino.safetensors", "dinov2")
+
+
+def test_a_vae_config_that_cannot_build_is_one_error(tmp_path):
+    import json
+    import shutil
+
+    from pcdms_core import CheckpointError, load_vae
+
+    shutil.copy(_PARITY / "vae" / "diffusion_pytorch_model.safetensors", tmp_path / "vae.safetensors")
+    cfg = json.loads((_PARITY / "vae" / "config.json").read_text())
+    cfg["down_block_types"] = ["NoSuchBlock"] * len(cfg["down_block_types"])
+    (tmp_path / "vae.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="the VAE config from vae.json cannot build the network"):
+        load_vae(tmp_path / "vae.safetensors")

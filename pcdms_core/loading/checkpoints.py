@@ -33,6 +33,15 @@ from ..networks.inpaint import PROJECTOR_NAME, InpaintModel
 from ..networks.layers import ImageProjector, PoseEncoder, pose_encoder_config_from_shapes, projector_config_from_shapes
 from ..networks.prior import PriorConfig, PriorTransformer
 from ..networks.refine import RefineModel
+from .structure import (
+    built,
+    check_parts,
+    check_prior_config,
+    check_unet_config,
+    check_unet_inputs,
+    read_sizes,
+    shape_of,
+)
 from .weights import WeightFile, empty_weights, open_weights, read_json, strict_load
 
 # The SD 2.1-base UNet (stabilityai/stable-diffusion-2-1-base, unet/config.json), which stages 2 and 3 fine-tune.
@@ -114,7 +123,7 @@ def identify(weights: WeightFile) -> tuple[str, str]:
     if _has(keys, "prd_embedding", "positional_embedding", "pose_encoder.net.0.weight", "proj_to_clip_embeddings.weight"):
         return "prior", "prior"
     if "unet.conv_in.weight" in keys:
-        in_ch = int(weights.shapes["unet.conv_in.weight"][1])
+        in_ch = shape_of(weights.shapes, "unet.conv_in.weight", 4, name, "the UNet's input channels")[1]
         has_pose = "pose_proj.conv_in.weight" in keys
         has_class = "unet.class_embedding.linear_1.weight" in keys
         proj_p = "image_proj_model_p.net.0.weight" in keys
@@ -221,18 +230,21 @@ def resolve_config(weights: WeightFile, stage: str, config=None) -> tuple[dict, 
                     break
     if stage == "prior":
         cfg = PriorConfig.from_dict(section or {}).to_dict()
+        check_prior_config(cfg, source)
         return {"prior": cfg}, source
     cfg = {**SD21_BASE_UNET, **{k: v for k, v in (section or {}).items() if not k.startswith("_")}}
     # Facts that define the variant are read from the file, whatever the config says.
-    s = weights.shapes
-    cfg["in_channels"] = int(s["unet.conv_in.weight"][1])
-    cfg["out_channels"] = int(s["unet.conv_out.weight"][0])
+    s, name = weights.shapes, weights.path.name
+    cfg["in_channels"] = shape_of(s, "unet.conv_in.weight", 4, name, "the UNet's input channels")[1]
+    cfg["out_channels"] = shape_of(s, "unet.conv_out.weight", 4, name, "the UNet's output channels")[0]
     if "unet.class_embedding.linear_1.weight" in weights:
         cfg["class_embed_type"] = "projection"
-        cfg["projection_class_embeddings_input_dim"] = int(s["unet.class_embedding.linear_1.weight"][1])
+        cfg["projection_class_embeddings_input_dim"] = shape_of(
+            s, "unet.class_embedding.linear_1.weight", 2, name, "the class embedding's width")[1]
     else:
         cfg["class_embed_type"] = None
         cfg["projection_class_embeddings_input_dim"] = None
+    check_unet_config(cfg, source)
     return {"unet": cfg}, source
 
 
@@ -257,6 +269,8 @@ def inspect_checkpoint(path, config=None) -> CheckpointInfo:
 
 def _info(weights: WeightFile, config=None) -> CheckpointInfo:
     stage, variant = identify(weights)
+    if stage != "prior":
+        check_unet_inputs(weights.shapes, stage, weights.path.name)
     cfg, source = resolve_config(weights, stage, config)
     return CheckpointInfo(
         path=weights.path, stage=stage, variant=variant, config=cfg, config_source=source,
@@ -266,16 +280,21 @@ def _info(weights: WeightFile, config=None) -> CheckpointInfo:
 
 def build_model(info: CheckpointInfo, weights: WeightFile) -> PCDMsModel:
     """The network for ``info`` with its parameters on the meta device (``strict_load`` fills them)."""
+    name, source = weights.path.name, info.config_source
     if info.stage == "prior":
         with empty_weights():
-            return PriorTransformer(PriorConfig.from_dict(info.config["prior"]))
-    unet = glue.build_unet(info.config["unet"])
+            return built(lambda: PriorTransformer(PriorConfig.from_dict(info.config["prior"])), "prior", source)
     proj_name = PROJECTOR_NAME[info.variant if info.variant in PROJECTOR_NAME else "paper"]
+    unet = built(lambda: glue.build_unet(info.config["unet"]), "UNet", source)
+    projector_config = read_sizes(lambda: projector_config_from_shapes(weights.shapes, proj_name + "."), name,
+                                  f"the image projector ({proj_name})")
     with empty_weights():
-        projector = ImageProjector(projector_config_from_shapes(weights.shapes, proj_name + "."))
+        projector = ImageProjector(projector_config)
         if info.stage == "refine":
             return RefineModel(unet, projector)
-        pose = PoseEncoder(pose_encoder_config_from_shapes(weights.shapes, "pose_proj."))
+        pose_config = read_sizes(lambda: pose_encoder_config_from_shapes(weights.shapes, "pose_proj."), name,
+                                 "the pose encoder (pose_proj)")
+        pose = PoseEncoder(pose_config)
     return InpaintModel(unet, pose, projector, info.variant)
 
 
@@ -309,6 +328,9 @@ def load_checkpoint(
         )
     model = build_model(info, weights)
     strict_load(model, weights, dtype=dtype, describe=f"it looks like {info.title}", fix=_fix_hint(info))
+    if info.stage != "prior":
+        check_parts(weights.shapes, info.config["unet"], PROJECTOR_NAME.get(info.variant, "image_proj_model_p") + ".",
+                    weights.path.name, "pose_proj." if info.stage == "inpaint" else None)
     model.checkpoint_info = info
     if device is not None:
         model.to(device)

@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..networks.encoders import ImageEncoder
 from ..networks.vit import ClipVision, ClipVisionConfig, Dinov2, Dinov2Config
+from .structure import built, read_sizes
 from .weights import WeightFile, empty_weights, folder_weight_file, open_weights, read_json, strict_load
 
 ENCODER_NAMES = {"clip": "a CLIP vision model (CLIP ViT-H/14)", "dinov2": "DINOv2 (dinov2-giant)"}
@@ -183,11 +184,11 @@ def load_image_encoder(
         hints = _config_hints(config_path)
     else:
         hints = json.loads(weights.metadata.get("pcdms.config", "{}"))  # our own files carry their config
+    read = clip_config_from_weights if found == "clip" else dinov2_config_from_weights
+    model_config = read_sizes(lambda: read(weights, hints), path.name, ENCODER_NAMES[found])
     with empty_weights():
-        if found == "clip":
-            model: nn.Module = ClipVision(clip_config_from_weights(weights, hints))
-        else:
-            model = Dinov2(dinov2_config_from_weights(weights, hints))
+        network = ClipVision if found == "clip" else Dinov2
+        model: nn.Module = built(lambda: network(model_config), ENCODER_NAMES[found], "the file and its config.json")
     # A full CLIPModel file also holds the text tower: only the vision part is read.
     names = [k for k in weights if k not in TOLERATED_EXTRA and (found != "clip" or k.startswith(CLIP_PREFIXES))]
     strict_load(

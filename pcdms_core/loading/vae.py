@@ -10,6 +10,7 @@ import torch
 
 from .. import diffusers_glue as glue
 from ..errors import CheckpointError
+from .structure import built
 from .weights import WeightFile, empty_weights, folder_weight_file, open_weights, read_json, strict_load
 
 # stabilityai/stable-diffusion-2-1-base, vae/config.json
@@ -50,6 +51,14 @@ def _vae_files(path: Path) -> tuple[Path, Optional[Path]]:
     return path, None
 
 
+def _config_source(config, config_path: Optional[Path], weights: WeightFile) -> str:
+    if config is not None:
+        return "the config passed"
+    if config_path is not None:
+        return config_path.name
+    return "the file's metadata" if "pcdms.config" in weights.metadata else "the SD 2.1-base defaults"
+
+
 def load_vae(path, *, config: Optional[dict] = None, dtype: Optional[torch.dtype] = torch.float32, device=None):
     """Load an ``AutoencoderKL`` from a diffusers folder or one file (diffusers keys, or the original
     LDM / ComfyUI layout, also inside a whole SD checkpoint). The config defaults to SD 2.1-base's VAE; a
@@ -71,7 +80,7 @@ def load_vae(path, *, config: Optional[dict] = None, dtype: Optional[torch.dtype
             "Use the SD 2.1-base VAE (diffusers folder, or a single .safetensors in models/vae)."
         )
     with empty_weights():
-        model = glue.build_vae(cfg)
+        model = built(lambda: glue.build_vae(cfg), "VAE", _config_source(config, config_path, weights))
     if ldm:
         try:
             converted = glue.convert_ldm_vae_state_dict(weights, model.config)

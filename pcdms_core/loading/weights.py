@@ -366,10 +366,8 @@ class Mismatch:
         if self.unexpected:
             out.append(f"{len(self.unexpected)} tensors the model does not have, e.g. {', '.join(self.unexpected[:3])}")
         if self.wrong_shape:
-            k, fs, ms = self.wrong_shape[0]
-            out.append(
-                f"{len(self.wrong_shape)} tensors with other shapes, e.g. {k}: file {list(fs)} vs model {list(ms)}"
-            )
+            examples = "; ".join(f"{k}: file {list(fs)} vs model {list(ms)}" for k, fs, ms in self.wrong_shape[:3])
+            out.append(f"{len(self.wrong_shape)} tensors with other shapes, e.g. {examples}")
         return out
 
 
@@ -386,6 +384,19 @@ def compare(module: nn.Module, weights: WeightFile, names: Optional[Iterable[str
     )
 
 
+def _non_finite_message(file: str, bad: list[tuple[str, torch.Tensor]]) -> str:
+    examples = []
+    for key, t in bad[:3]:
+        nan = int(torch.isnan(t).sum())
+        inf = int(torch.isinf(t).sum())
+        examples.append(f"{key} ({nan} NaN, {inf} infinite of {t.numel()})")
+    return (
+        f"{file} holds NaN or infinite weights in {len(bad)} tensors, e.g. {'; '.join(examples)}. A model with them "
+        "only makes NaN images: the file is damaged, or was saved from a training run that diverged. Download it "
+        "again, or use an earlier checkpoint of that training."
+    )
+
+
 def strict_load(
     module: nn.Module,
     weights: WeightFile,
@@ -399,7 +410,8 @@ def strict_load(
 
     On any difference raise ``CheckpointError``: what the file looks like (``describe``), the counts and a few
     examples of missing, unexpected and mis-shaped tensors, and the probable ``fix``. Floating-point tensors
-    are cast to ``dtype`` one at a time, so the model is never held twice.
+    are cast to ``dtype`` one at a time, so the model is never held twice. A file with NaN or infinite weights is
+    refused (such a model only makes NaN images), and so is one whose values overflow ``dtype`` when cast.
     """
     mismatch = compare(module, weights, names)
     if mismatch:
@@ -409,12 +421,26 @@ def strict_load(
         if fix:
             lines.append("  " + fix)
         raise CheckpointError("\n".join(lines))
-    sd = {}
+    sd, bad, overflow = {}, [], []
     for key in module.state_dict().keys():
         t = weights[key]
+        finite = not t.is_floating_point() or bool(torch.isfinite(t).all())
+        if not finite:
+            bad.append((key, t))
         if dtype is not None and t.is_floating_point() and t.dtype != dtype:
             t = t.to(dtype)
             weights.release(key)
+            if finite and not bool(torch.isfinite(t).all()):
+                overflow.append(key)
         sd[key] = t
+    if bad:
+        raise CheckpointError(_non_finite_message(weights.path.name, bad))
+    if overflow:
+        name = str(dtype).replace("torch.", "")
+        raise CheckpointError(
+            f"{weights.path.name} holds values too large for {name} ({len(overflow)} tensors overflow to infinity "
+            f"when cast, e.g. {', '.join(overflow[:3])}): load it in {'bf16 or fp32' if name == 'float16' else 'fp32'} "
+            "instead (the loaders' dtype; --dtype on the command line)."
+        )
     module.load_state_dict(sd, strict=True, assign=True)
     module.eval().requires_grad_(False)
