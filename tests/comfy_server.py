@@ -30,9 +30,16 @@ def _python_of(base: Path) -> str | None:
 
 
 def conventional_paths() -> list[Path]:
-    """Where a ComfyUI checkout is looked for when COMFYUI_PATH is unset: the ComfyUI this pack is installed in
-    (ComfyUI/custom_nodes/<pack>), then ../ComfyUI beside the repository, ~/ComfyUI and /opt/ComfyUI."""
-    return [ROOT.parents[1], ROOT.parent / "ComfyUI", Path.home() / "ComfyUI", Path("/opt/ComfyUI")]
+    """Where a ComfyUI checkout is looked for when COMFYUI_PATH is unset: the one scripts/setup_comfyui.sh makes
+    (.comfyui in the repository), the ComfyUI this pack is installed in (ComfyUI/custom_nodes/<pack>), then
+    ../ComfyUI beside the repository, ~/ComfyUI and /opt/ComfyUI."""
+    return [ROOT / ".comfyui", ROOT.parents[1], ROOT.parent / "ComfyUI", Path.home() / "ComfyUI",
+            Path("/opt/ComfyUI")]
+
+
+def in_ci() -> bool:
+    """CI=true: the real-ComfyUI tests must run, so what would skip them fails instead."""
+    return os.environ.get("CI", "").lower() in ("true", "1")
 
 
 def find_comfyui() -> tuple[Path | None, str | None, str]:
