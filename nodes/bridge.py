@@ -45,12 +45,12 @@ def _add_path(folder: str, path: str) -> None:
 
 
 def register_model_folder() -> None:
-    """``models/pcdms``, merged with whatever extra_model_paths.yaml already set for "pcdms"; and the pack's
-    bundled demo models, added to the pcdms, clip_vision and vae folders so the loaders list them."""
+    """``models/pcdms``, merged with whatever extra_model_paths.yaml already set for "pcdms".
+
+    The bundled demo models are not registered with ComfyUI: a demo encoder or VAE in the shared
+    clip_vision / vae lists would show in core Load CLIP Vision and Load VAE, which cannot build them.
+    Our loaders add them to their own lists (``model_files``)."""
     _add_path(PCDMS_FOLDER, os.path.join(folder_paths.models_dir, PCDMS_FOLDER))
-    for folder in (PCDMS_FOLDER, "clip_vision", "vae"):
-        if (DEMO_MODELS / folder).is_dir():
-            _add_path(folder, str(DEMO_MODELS / folder))
 
 
 EXAMPLE_INPUTS = DEMO_DIR / "examples"
@@ -67,18 +67,40 @@ def install_example_inputs() -> None:
         logging.warning("PCDMs: could not copy the example inputs to ComfyUI's input folder: %s", exc)
 
 
+def demo_files(folder: str) -> dict[str, Path]:
+    """The pack's bundled demo models for one of our loaders' folders: {list name: path}."""
+    base = DEMO_MODELS / folder
+    if not base.is_dir():
+        return {}
+    exts = folder_paths.supported_pt_extensions
+    return {p.name: p for p in sorted(base.iterdir()) if p.is_file() and p.suffix in exts}
+
+
 def model_files(folder: str) -> list[str]:
-    return folder_paths.get_filename_list(folder)
+    """A loader's choices: the files ComfyUI knows in ``folder``, then the bundled demo models for it."""
+    files = list(folder_paths.get_filename_list(folder))
+    return files + [name for name in demo_files(folder) if name not in files]
+
+
+def missing_model(folder: str, name) -> str | None:
+    """Why ``name`` cannot be loaded from ``folder`` (naming the folder to put it in), or None when it can."""
+    if name is None:  # a linked value, only known at run time
+        return None
+    if folder_paths.get_full_path(folder, name) is not None or name in demo_files(folder):
+        return None
+    return (
+        f"model file {name!r} was not found in models/{folder} (or the {folder} paths of extra_model_paths.yaml); "
+        "put it there and press R to refresh the lists"
+    )
 
 
 def full_path(folder: str, name: str) -> str:
     """The file's path, or an error that names the folder to put it in."""
     path = folder_paths.get_full_path(folder, name)
+    if path is None and name in demo_files(folder):
+        path = str(demo_files(folder)[name])
     if path is None:
-        raise InputError(
-            f"model file {name!r} was not found in models/{folder} (or the {folder} paths of extra_model_paths.yaml); "
-            "put it there and press R to refresh the lists"
-        )
+        raise InputError(missing_model(folder, name))
     return path
 
 

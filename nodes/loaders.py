@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..pcdms_core.loading.checkpoints import describe, load_checkpoint
 from ..pcdms_core.loading.encoders import load_image_encoder
 from ..pcdms_core.loading.vae import load_vae
-from .bridge import DTYPE_CHOICES, PCDMS_FOLDER, ManagedModel, full_path, load_dtype, model_files
+from .bridge import DTYPE_CHOICES, PCDMS_FOLDER, ManagedModel, full_path, load_dtype, missing_model, model_files
 from .types import PcdmsClip, PcdmsDino, PcdmsModel, PcdmsVae
 
 CATEGORY = "PCDMs/loaders"
@@ -16,6 +16,11 @@ DTYPE_TOOLTIP = "Weights dtype. auto: what ComfyUI picks for this device (fp32 o
 
 def _dtype_input() -> io.Combo.Input:
     return io.Combo.Input("dtype", options=DTYPE_CHOICES, default="auto", tooltip=DTYPE_TOOLTIP)
+
+
+# Queue-time file checks. Each ``validate_inputs`` names only its file input: ComfyUI then leaves that input's
+# option-list check to it (so the message says which file is missing and which folder it goes in, not "value
+# not in list") and reports a failure once, against that input.
 
 
 class PCDMsCheckpointLoader(io.ComfyNode):
@@ -48,6 +53,10 @@ class PCDMsCheckpointLoader(io.ComfyNode):
         info = model.checkpoint_info
         return io.NodeOutput(ManagedModel.wrap(model, info.stage, ckpt_name, dt, info), describe(info))
 
+    @classmethod
+    def validate_inputs(cls, ckpt_name):
+        return missing_model(PCDMS_FOLDER, ckpt_name) or True
+
 
 class _EncoderLoader(io.ComfyNode):
     KIND = ""
@@ -57,6 +66,10 @@ class _EncoderLoader(io.ComfyNode):
         dt = load_dtype(dtype)
         encoder = load_image_encoder(full_path("clip_vision", encoder_name), cls.KIND, dtype=dt)
         return io.NodeOutput(ManagedModel.wrap(encoder, cls.KIND, encoder_name, dt))
+
+    @classmethod
+    def validate_inputs(cls, encoder_name):
+        return missing_model("clip_vision", encoder_name) or True
 
 
 class PCDMsCLIPVisionLoader(_EncoderLoader):
@@ -129,6 +142,10 @@ class PCDMsVAELoader(io.ComfyNode):
         dt = load_dtype(dtype)
         vae = load_vae(full_path("vae", vae_name), dtype=dt)
         return io.NodeOutput(ManagedModel.wrap(vae, "vae", vae_name, dt))
+
+    @classmethod
+    def validate_inputs(cls, vae_name):
+        return missing_model("vae", vae_name) or True
 
 
 NODES = [PCDMsCheckpointLoader, PCDMsCLIPVisionLoader, PCDMsDINOv2Loader, PCDMsVAELoader]

@@ -76,9 +76,11 @@ class PCDMsLoadPose(io.ComfyNode):
         return os.path.getmtime(path) if os.path.exists(path) else pose_file
 
     @classmethod
-    def validate_inputs(cls, pose_file, **kwargs):
-        if not folder_paths.exists_annotated_filepath(pose_file):
-            return f"pose file not found in the input folder: {pose_file}"
+    def validate_inputs(cls, pose_file):
+        # Only pose_file is named: ComfyUI reports a failed check once per argument it passes in, so a
+        # ``**kwargs`` here would repeat the message for every input of the node.
+        if pose_file is not None and not folder_paths.exists_annotated_filepath(pose_file):
+            return f"pose file not found in ComfyUI's input folder: {pose_file}"
         return True
 
 
