@@ -20,3 +20,11 @@ class PoseError(PCDMsError, ValueError):
 
 class InputError(PCDMsError, ValueError):
     """An image, tensor or option has an unusable value (size, shape, range)."""
+
+
+class NumericalError(PCDMsError, ArithmeticError):
+    """A model produced NaN or infinite values (half precision that overflowed, a damaged model)."""
+
+
+class PCDMsWarning(UserWarning):
+    """An input is used the official way but distorted (stretched, hugely upscaled, resized back): said, not refused."""

@@ -32,7 +32,7 @@ from .networks.refine import RefineModel
 from .stages.refine import encode_coarse, sample_refine
 from .seeding import SeedLike, as_generator
 from .stages.defaults import OFFICIAL_SIZE
-from .stages.loop import StepInfo
+from .stages.loop import StepInfo, check_finite
 from .networks import vae as vae_ops
 from .loading.vae import load_vae
 
@@ -252,7 +252,7 @@ class PCDMsPipeline:
         ).latents
         del refine
         self._collect()
-        return vae_ops.decode(vae, latents)
+        return check_finite(vae_ops.decode(vae, latents), "refine", "the decoded image", vae=True)
 
     @torch.no_grad()
     def __call__(

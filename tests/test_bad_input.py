@@ -1,5 +1,6 @@
 """Unusual but usable inputs give correct results, with the conversions written in the library's docstrings."""
 
+import contextlib
 import io
 import re
 
@@ -282,3 +283,78 @@ def test_a_vae_config_that_cannot_build_is_one_error(tmp_path):
     (tmp_path / "vae.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="the VAE config from vae.json cannot build the network"):
         load_vae(tmp_path / "vae.safetensors")
+
+
+# --- NaN / inf made while sampling: one NumericalError naming the stage, never passed on ------------------------
+
+@contextlib.contextmanager
+def _makes(module, value=float("nan")):
+    """``module``'s forward output multiplied by ``value`` (what an fp16 overflow or a broken model gives)."""
+    handle = module.register_forward_hook(lambda m, a, out: out * value)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@pytest.fixture(scope="module")
+def stage_inputs(models, inputs, refs):
+    src = inputs("src_a.png")
+    return dict(src=src, tokens=models("dinov2").encode(src, (64, 64)), pose=inputs("pose_a.png"),
+                target=inputs("pose_t1.png"), emb=refs("stage2_paper")["run.inputs.pred_t_img_embed"])
+
+
+def test_a_prior_that_makes_nan_is_named(models):
+    from pcdms_core import sample_prior
+    from pcdms_core.errors import NumericalError
+
+    prior = models("s1")
+    with _makes(prior), pytest.raises(NumericalError) as err:
+        sample_prior(prior, torch.zeros(1, 1024), torch.zeros(1, 36), torch.zeros(1, 36), steps=2, generator=0)
+    msg = str(err.value)
+    assert "stage 1 (the prior) produced NaN or infinite values in the target embedding" in msg
+    assert "bf16 or fp32" in msg and "float32" in msg
+
+
+def test_an_inpainting_unet_that_overflows_is_named(models, stage_inputs):
+    from pcdms_core import sample_inpaint
+    from pcdms_core.errors import NumericalError
+
+    p, model = stage_inputs, models("s2_paper")
+    with _makes(model, float("inf")), pytest.raises(NumericalError, match=r"stage 2 \(inpainting\) produced NaN or infinite values in its latents"):
+        sample_inpaint(model, models("vae"), p["src"], p["pose"], p["target"], p["tokens"], p["emb"], size=(64, 64),
+                       steps=2, generator=0)
+
+
+def test_a_vae_that_overflows_in_stage_3_is_named_with_the_vae_fix(models, stage_inputs):
+    from pcdms_core import sample_refine
+    from pcdms_core.errors import NumericalError
+
+    vae = models("vae")
+    with _makes(vae.decoder), pytest.raises(NumericalError) as err:
+        sample_refine(models("s3"), vae, stage_inputs["src"], stage_inputs["tokens"], size=(64, 64), steps=1, generator=0)
+    msg = str(err.value)
+    assert "stage 3 (refining) produced NaN or infinite values in the decoded image" in msg
+    assert "load the VAE in fp32 or bf16" in msg and "another VAE" in msg
+
+
+def test_the_pipeline_stops_at_the_stage_that_made_nan(models, stage_inputs):
+    from pcdms_core import PCDMsPipeline, StageSettings, load_pose
+    from pcdms_core.errors import NumericalError
+
+    pipe = PCDMsPipeline(inpaint=models("s2_paper"), vae=models("vae"), dino=models("dinov2"), prior=models("s1"),
+                         clip=models("clip_vision"), refine=models("s3"))
+    pose = load_pose(_PARITY / "inputs" / "pose_a.json")
+    quick = StageSettings(steps=1)
+    with _makes(models("s3")), pytest.raises(NumericalError, match=r"stage 3 \(refining\).*its latents"):
+        pipe(stage_inputs["src"], pose, pose, size=(64, 64), prior_settings=StageSettings(steps=2),
+             inpaint_settings=quick, refine_settings=quick)
+
+
+def test_non_finite_features_given_to_a_stage_are_refused(models, stage_inputs):
+    from pcdms_core import InputError, sample_refine
+
+    tokens = stage_inputs["tokens"].clone()
+    tokens[0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match=r"source features \(DINOv2 tokens\) hold NaN or infinite values"):
+        sample_refine(models("s3"), models("vae"), stage_inputs["src"], tokens, size=(64, 64), steps=1)

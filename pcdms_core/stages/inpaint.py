@@ -22,6 +22,8 @@ from .defaults import OFFICIAL_SIZE, stage_defaults
 from .loop import (
     StepCallback,
     broadcast,
+    check_finite,
+    check_finite_input,
     check_guidance,
     check_steps,
     common_batch,
@@ -45,7 +47,8 @@ def encode_canvas(vae, source, size: tuple[int, int], generator: SeedLike = None
     first random draw of stage 2. Encoding before the UNet is loaded (and passing the same generator to
     ``sample_inpaint`` as ``masked_latents`` / ``generator``) gives the same numbers with less held at once."""
     masked = source_canvas(source, im.check_size(size, vae_ops.downscale_factor(vae), "stage-2 size"))
-    return vae_ops.encode(vae, im.to_model_range(masked), as_generator(generator))
+    latents = vae_ops.encode(vae, im.to_model_range(masked), as_generator(generator))
+    return check_finite(latents, "inpaint", "the VAE latents of the [source | black] canvas", vae=True)
 
 
 def source_canvas(source, size: tuple[int, int]) -> torch.Tensor:
@@ -56,7 +59,7 @@ def source_canvas(source, size: tuple[int, int]) -> torch.Tensor:
 
 def decode_canvas(vae, latents: torch.Tensor) -> InpaintResult:
     """Decode stage 2's final latents: the whole canvas, as the official code does, and its right half."""
-    canvas = vae_ops.decode(vae, latents)
+    canvas = check_finite(vae_ops.decode(vae, latents), "inpaint", "the decoded canvas", vae=True)
     half = canvas.shape[-1] // 2
     return InpaintResult(target=canvas[..., half:], canvas=canvas, latents=latents)
 
@@ -88,6 +91,7 @@ def check_tokens(projector: ImageProjector, tokens: torch.Tensor) -> None:
             f"the source features have shape {tuple(tokens.shape)} but this checkpoint's projector takes "
             f"[B, tokens, {width}] (DINOv2-giant last_hidden_state has width 1536): load the matching image encoder"
         )
+    check_finite_input(tokens, "source features (DINOv2 tokens)")
 
 
 def keep_mask(latent_h: int, latent_w: int, batch: int, device, dtype) -> torch.Tensor:
@@ -151,7 +155,7 @@ def sample_inpaint(
     if model.uses_prior:
         if prior_embedding is None:
             raise InputError("the paper stage-2 model needs the prior's target embedding (run the prior first)")
-        prior_embedding = prior_embedding.reshape(prior_embedding.shape[0], -1)
+        prior_embedding = check_finite_input(prior_embedding, "prior embeddings").reshape(prior_embedding.shape[0], -1)
         prior_embedding = broadcast(prior_embedding, batch, "prior embedding").to(device, dtype)
         if prior_embedding.shape[-1] != model.image_proj.config.out_dim:
             raise InputError(
@@ -162,7 +166,8 @@ def sample_inpaint(
 
     if masked_latents is None:
         masked_latents = vae_ops.encode(vae, im.to_model_range(masked_u8), gen)  # as ``encode_canvas``
-    masked_latents = masked_latents.to(device, dtype)
+        check_finite(masked_latents, "inpaint", "the VAE latents of the [source | black] canvas", vae=True)
+    masked_latents = check_finite_input(masked_latents, "masked-image latents").to(device, dtype)
     _, lc, lh, lw = masked_latents.shape
     pose_features = model.pose_proj(im.to_model_range(poses_u8).to(device, dtype))
     if tuple(pose_features.shape[-2:]) != (lh, lw):
@@ -206,6 +211,7 @@ def sample_inpaint(
         sched, x, predict, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
         generator=gen, callback=callback,
     )
+    check_finite(x, "inpaint", "its latents")
     if not decode:
         return InpaintResult(target=None, canvas=None, latents=x)
     return decode_canvas(vae, x)

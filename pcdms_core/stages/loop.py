@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .. import diffusers_glue as glue
-from ..errors import InputError
+from ..errors import InputError, NumericalError
 from ..seeding import randn
 
 # The noise schedule the SD 2.1-base UNet (stages 2 and 3) was trained with.
@@ -101,7 +101,7 @@ def _noise(shape: Sequence[int], generator, device, dtype, given: Optional[torch
         return randn(shape, generator, device, dtype)
     if tuple(given.shape) != tuple(shape):
         raise InputError(f"initial latents have shape {tuple(given.shape)}, expected {tuple(shape)}")
-    return given.to(device=device, dtype=dtype)
+    return check_finite_input(given, "initial latents").to(device=device, dtype=dtype)
 
 
 def check_guidance(value, what: str = "guidance scale") -> float:
@@ -218,6 +218,39 @@ def denoise(
         else:
             latents = step_out.prev_sample
     return latents
+
+
+STAGE_TITLES = {"prior": "stage 1 (the prior)", "inpaint": "stage 2 (inpainting)", "refine": "stage 3 (refining)"}
+
+
+def check_finite(x: torch.Tensor, stage: str, what: str, vae: bool = False) -> torch.Tensor:
+    """``x`` when every value is finite; otherwise one ``NumericalError`` naming the stage (``prior``, ``inpaint``,
+    ``refine``) and what to try, so NaN is never passed on (stage 3 and the 8-bit conversion would hide it)."""
+    finite = torch.isfinite(x)
+    if bool(finite.all()):
+        return x
+    bad = int(finite.numel() - finite.sum())
+    where = f"{STAGE_TITLES.get(stage, stage)} produced NaN or infinite values in {what} ({bad} of {x.numel()})"
+    dtype = str(x.dtype).replace("torch.", "")
+    if vae:
+        fix = (f"The VAE overflowed (it ran in {dtype}): load the VAE in fp32 or bf16 (the VAE loader's dtype; "
+               "--dtype on the command line), or use another VAE, the SD 2.1-base one.")
+    else:
+        fix = (f"The model ran in {dtype}; half precision can overflow: load the models in bf16 or fp32 (the "
+               "loaders' dtype; --dtype on the command line) and lower the guidance if it is high. If fp32 fails "
+               "too, the checkpoint is damaged: download it again.")
+    raise NumericalError(f"{where}. {fix}")
+
+
+def check_finite_input(x: torch.Tensor, what: str) -> torch.Tensor:
+    """An input tensor (features, embeddings, initial latents) that holds NaN or infinity is refused: the
+    node or step that made it failed."""
+    if x is not None and torch.is_floating_point(x) and not bool(torch.isfinite(x).all()):
+        raise InputError(
+            f"the {what} hold NaN or infinite values: the step that made them failed (often half precision that "
+            "overflowed). Make them again with the models in fp32 or bf16."
+        )
+    return x
 
 
 def common_batch(*named: tuple[str, int]) -> int:

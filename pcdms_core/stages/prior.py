@@ -15,6 +15,8 @@ from .defaults import stage_defaults
 from .loop import (
     StepCallback,
     broadcast,
+    check_finite,
+    check_finite_input,
     check_guidance,
     check_steps,
     common_batch,
@@ -81,6 +83,7 @@ def sample_prior(
         raise InputError(
             f"source embedding must be [B, {emb_dim}] CLIP image_embeds, got shape {tuple(source_embedding.shape)}"
         )
+    check_finite_input(source_embedding, "source CLIP embeddings")
     sp, tp = _as_pose_batch(source_pose, "source pose"), _as_pose_batch(target_pose, "target pose")
     batch = common_batch(("source embeddings", len(source_embedding)), ("source poses", len(sp)),
                          ("target poses", len(tp)))
@@ -105,4 +108,4 @@ def sample_prior(
         return prior(x_in, t, src, sp, tp, pose_tokens=pose_tokens)
 
     x = denoise(sched, x, predict, guidance_scale=guidance_scale, generator=noise_gen, callback=callback)
-    return to_clip_space(x, prior.config)
+    return check_finite(to_clip_space(x, prior.config), "prior", "the target embedding")

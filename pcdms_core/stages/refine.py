@@ -24,6 +24,8 @@ from .defaults import OFFICIAL_SIZE, stage_defaults
 from .loop import (
     StepCallback,
     broadcast,
+    check_finite,
+    check_finite_input,
     check_guidance,
     check_steps,
     check_strength,
@@ -47,7 +49,8 @@ def encode_coarse(vae, coarse, size: tuple[int, int], generator: SeedLike = None
     from the posterior with ``generator``: the first random draw of stage 3 (see ``sample_refine``'s
     ``coarse_latents``)."""
     coarse_u8 = im.resize_u8(im.as_uint8_batch(coarse), im.check_size(size, vae_ops.downscale_factor(vae), "stage-3 size"))
-    return vae_ops.encode(vae, im.to_model_range(coarse_u8), as_generator(generator))
+    latents = vae_ops.encode(vae, im.to_model_range(coarse_u8), as_generator(generator))
+    return check_finite(latents, "refine", "the VAE latents of the coarse image", vae=True)
 
 
 @torch.no_grad()
@@ -98,7 +101,7 @@ def sample_refine(
     tokens = broadcast(source_tokens, batch, "source token").to(device, dtype)
     if coarse_latents is None:
         coarse_latents = encode_coarse(vae, coarse_u8, size, gen)
-    coarse_latents = coarse_latents.to(device, dtype)
+    coarse_latents = check_finite_input(coarse_latents, "coarse-image latents").to(device, dtype)
     _, lc, lh, lw = coarse_latents.shape
 
     sched = make_scheduler(scheduler)
@@ -123,4 +126,6 @@ def sample_refine(
         sched, x, predict, guidance_scale=guidance_scale, guidance_rescale=rescale, generator=gen, callback=callback,
         start=start,
     )
-    return RefineResult(images=vae_ops.decode(vae, x) if decode else None, latents=x)
+    check_finite(x, "refine", "its latents")
+    images = check_finite(vae_ops.decode(vae, x), "refine", "the decoded image", vae=True) if decode else None
+    return RefineResult(images=images, latents=x)
