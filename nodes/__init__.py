@@ -2,13 +2,13 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import loaders, pose_nodes, stages
+from . import loaders, native, pose_nodes, stages
 from .bridge import install_example_inputs, register_model_folder
 
 register_model_folder()
 install_example_inputs()
 
-NODES: list[type[io.ComfyNode]] = [*loaders.NODES, *pose_nodes.NODES, *stages.NODES]
+NODES: list[type[io.ComfyNode]] = [*loaders.NODES, *pose_nodes.NODES, *stages.NODES, *native.NODES]
 
 
 class PCDMsExtension(ComfyExtension):

@@ -104,7 +104,8 @@ def object_info(cls) -> dict:
 def _make_io() -> types.ModuleType:
     io = types.ModuleType("comfy_api.latest.io")
     for name, io_type in [("Int", "INT"), ("Float", "FLOAT"), ("String", "STRING"), ("Boolean", "BOOLEAN"),
-                          ("Combo", "COMBO"), ("Image", "IMAGE"), ("Mask", "MASK"), ("Vae", "VAE"), ("Latent", "LATENT")]:
+                          ("Combo", "COMBO"), ("Image", "IMAGE"), ("Mask", "MASK"), ("Vae", "VAE"), ("Latent", "LATENT"),
+                          ("Model", "MODEL"), ("Conditioning", "CONDITIONING")]:
         setattr(io, name, _comfytype(io_type))
     io.Custom = _comfytype
     io.MultiType = types.SimpleNamespace(Input=_multi_input)

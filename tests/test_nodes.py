@@ -58,6 +58,7 @@ def test_every_node_is_registered_and_documented(env):
         "PCDMsCheckpointLoader", "PCDMsCLIPVisionLoader", "PCDMsDINOv2Loader", "PCDMsVAELoader",
         "PCDMsLoadPose", "PCDMsSelectPerson", "PCDMsAlignPose", "PCDMsRenderPose",
         "PCDMsEncodeSource", "PCDMsPrior", "PCDMsInpaint", "PCDMsRefine", "PCDMsAllStages",
+        "PCDMsNativeLoader", "PCDMsInpaintConditioning", "PCDMsRefineConditioning", "PCDMsCropTarget", "PCDMsVAEDecode",
     }
     assert set(env.nodes) == expected
     for node_id, cls in env.nodes.items():

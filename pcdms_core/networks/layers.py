@@ -28,17 +28,23 @@ class ProjectorConfig:
 
 
 class ImageProjector(nn.Module):
-    """Linear -> GELU -> Dropout -> LayerNorm -> Linear -> Dropout, applied to every token."""
+    """Linear -> GELU -> Dropout -> LayerNorm -> Linear -> Dropout, applied to every token.
 
-    def __init__(self, config: ProjectorConfig = ProjectorConfig()):
+    ``operations`` supplies the layer classes (``Linear``, ``LayerNorm``; default ``torch.nn``), so a host such as
+    ComfyUI can build the same network from its own casting layers; ``dtype`` and ``device`` are passed to them.
+    """
+
+    def __init__(self, config: ProjectorConfig = ProjectorConfig(), operations=None, dtype=None, device=None):
         super().__init__()
+        ops = operations or nn
+        kw = dict(dtype=dtype, device=device)
         self.config = config
         self.net = nn.Sequential(
-            nn.Linear(config.in_dim, config.hidden_dim),
+            ops.Linear(config.in_dim, config.hidden_dim, **kw),
             nn.GELU(),
             nn.Dropout(0.0),
-            nn.LayerNorm(config.hidden_dim),
-            nn.Linear(config.hidden_dim, config.out_dim),
+            ops.LayerNorm(config.hidden_dim, **kw),
+            ops.Linear(config.hidden_dim, config.out_dim, **kw),
             nn.Dropout(0.0),
         )
 
@@ -82,20 +88,23 @@ class PoseEncoder(nn.Module):
     """Pose image (in [-1, 1]) to features at 1/8 resolution, added to the UNet right after ``conv_in``.
 
     conv_in, then for every width step a 3x3 conv and a stride-2 3x3 conv, each followed by SiLU; conv_out has
-    no activation (it is zero-initialised for training).
+    no activation (it is zero-initialised for training). ``operations``, ``dtype``, ``device``: as for
+    ``ImageProjector`` (the layer class used is ``Conv2d``).
     """
 
-    def __init__(self, config: PoseEncoderConfig = PoseEncoderConfig()):
+    def __init__(self, config: PoseEncoderConfig = PoseEncoderConfig(), operations=None, dtype=None, device=None):
         super().__init__()
+        ops = operations or nn
+        kw = dict(kernel_size=3, padding=1, dtype=dtype, device=device)
         self.config = config
         w = config.widths
-        self.conv_in = nn.Conv2d(config.in_channels, w[0], kernel_size=3, padding=1)
+        self.conv_in = ops.Conv2d(config.in_channels, w[0], **kw)
         blocks = []
         for c_in, c_out in zip(w[:-1], w[1:]):
-            blocks.append(nn.Conv2d(c_in, c_in, kernel_size=3, padding=1))
-            blocks.append(nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, stride=2))
+            blocks.append(ops.Conv2d(c_in, c_in, **kw))
+            blocks.append(ops.Conv2d(c_in, c_out, stride=2, **kw))
         self.blocks = nn.ModuleList(blocks)
-        self.conv_out = nn.Conv2d(w[-1], config.out_channels, kernel_size=3, padding=1)
+        self.conv_out = ops.Conv2d(w[-1], config.out_channels, **kw)
 
     @property
     def downscale(self) -> int:

@@ -7,33 +7,20 @@ next stage needs the memory, and how ComfyUI's own VAE (Load VAE) compares with 
 same weights (the stages use either).
 """
 
-import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.getcwd())  # run from the ComfyUI checkout
+import torch
 
-import torch  # noqa: E402
+from inprocess import boot
 
-import comfy.cli_args  # noqa: E402
-
-comfy.cli_args.args.cpu = True
+env_dir, pack_dir = Path(sys.argv[1]), Path(sys.argv[2])
+pack = boot(env_dir, pack_dir)
 
 import comfy.model_management as mm  # noqa: E402
 import folder_paths  # noqa: E402
-from utils.extra_config import load_extra_path_config  # noqa: E402
 
-env_dir, pack_dir = Path(sys.argv[1]), Path(sys.argv[2])
-load_extra_path_config(str(env_dir / "extra_model_paths.yaml"))
-folder_paths.set_input_directory(str(env_dir / "input"))
-
-spec = importlib.util.spec_from_file_location("ComfyUI_PCDMs", pack_dir / "__init__.py",
-                                              submodule_search_locations=[str(pack_dir)])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["ComfyUI_PCDMs"] = pack
-spec.loader.exec_module(pack)
 S = pack.nodes.stages
 L = pack.nodes.loaders
 P = pack.nodes.pose_nodes

@@ -1,0 +1,155 @@
+"""Run with ComfyUI's Python inside its checkout: the native path (PCDMs UNets as ComfyUI MODELs) under ComfyUI's
+real samplers, patches and model management, against the faithful path on the same tiny models.
+
+    python native_check.py COMFY_ENV_DIR PACK_DIR
+
+Prints one JSON object (the last line of stdout).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from inprocess import boot
+
+env_dir, pack_dir = Path(sys.argv[1]), Path(sys.argv[2])
+pack = boot(env_dir, pack_dir)
+
+import comfy.model_management as mm  # noqa: E402
+import folder_paths  # noqa: E402
+import nodes as comfy_nodes  # noqa: E402
+from comfy_extras.nodes_freelunch import FreeU  # noqa: E402
+
+N = pack.nodes.native
+core = pack.pcdms_core
+from ComfyUI_PCDMs.pcdms_core.stages.loop import make_scheduler  # noqa: E402
+from ComfyUI_PCDMs.pcdms_core.pipeline import SourceFeatures  # noqa: E402
+
+SIZE = (48, 40)  # (W, H) of one half: not square, so the halves and the latent grid are checked
+STEPS, CFG = 5, 2.0
+report = {}
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
+
+
+def pcdms_path(name):
+    return folder_paths.get_full_path("pcdms", name)
+
+
+g = torch.Generator().manual_seed(0)
+tokens = torch.randn(1, 257, 32, generator=g)
+pixels = torch.randint(0, 256, (1, 3, 40, 48), generator=g, dtype=torch.uint8)
+source = SourceFeatures(pixels=pixels, size=SIZE, tokens=tokens)
+source_pose = torch.randint(0, 256, (1, 3, 40, 48), generator=g, dtype=torch.uint8)
+target_pose = torch.randint(0, 256, (1, 3, 40, 48), generator=g, dtype=torch.uint8)
+embedding = torch.randn(1, 1024, generator=g)
+comfy_vae = comfy_nodes.VAELoader().load_vae("sd21-base-vae.safetensors")[0]
+core_vae = core.load_vae(folder_paths.get_full_path("vae", "sd21-base-vae.safetensors"))
+h, w = SIZE[1] // 8, SIZE[0] // 8
+masked = torch.randn(1, 4, h, 2 * w, generator=g)
+coarse_latents = torch.randn(1, 4, h, w, generator=g)
+noise2 = torch.randn(1, 4, h, 2 * w, generator=g)
+noise3 = torch.randn(1, 4, h, w, generator=g)
+coarse = torch.rand(1, 40, 48, 3, generator=g)
+
+
+def init_sigma(scheduler):
+    s = make_scheduler(scheduler)
+    s.set_timesteps(STEPS)
+    return float(s.init_noise_sigma)
+
+
+def first_alpha(scheduler):
+    s = make_scheduler(scheduler)
+    s.set_timesteps(STEPS)
+    return float(s.alphas_cumprod[int(s.timesteps[0])])
+
+
+def ksample(model, positive, negative, latent, sampler, scheduler, start=None, seed=None):
+    """KSampler (seed given: its own noise) or KSampler Advanced without added noise (``start``: our initial
+    latents, already scaled as the scheduler's start)."""
+    if start is not None:
+        latent = {"samples": start / model.model.latent_format.scale_factor}
+        out = comfy_nodes.common_ksampler(model, 0, STEPS, CFG, sampler, scheduler, positive, negative, latent,
+                                          disable_noise=True, force_full_denoise=True)[0]
+    else:
+        out = comfy_nodes.common_ksampler(model, seed, STEPS, CFG, sampler, scheduler, positive, negative, latent)[0]
+    return out["samples"] * model.model.latent_format.scale_factor
+
+
+def faithful(kind, scheduler):
+    if kind == "refine":
+        m = core.load_checkpoint(pcdms_path("s3_512.pt"))
+        return core.sample_refine(m, core_vae, (coarse.movedim(-1, 1) * 255).round().to(torch.uint8), tokens,
+                                  size=SIZE, steps=STEPS, guidance_scale=CFG, guidance_rescale=0.0,
+                                  scheduler=scheduler, latents=noise3, coarse_latents=coarse_latents,
+                                  decode=False).latents
+    m = core.load_checkpoint(pcdms_path({"paper": "s2_512.pt", "noprior": "PCDMs_ckpt.pt"}[kind]))
+    return core.sample_inpaint(m, core_vae, pixels, source_pose, target_pose, tokens,
+                               embedding if kind == "paper" else None, size=SIZE, steps=STEPS, guidance_scale=CFG,
+                               scheduler=scheduler, latents=noise2, masked_latents=masked, decode=False).latents
+
+
+def native(kind):
+    name = {"paper": "s2_512.pt", "noprior": "PCDMs_ckpt.pt", "refine": "s3_512.pt"}[kind]
+    model = N.PCDMsNativeLoader.execute(name, "default").result[0]
+    if kind == "refine":
+        pos, neg, lat = N.refine_conditioning(model, comfy_vae, source, coarse, coarse_latents=coarse_latents)
+    else:
+        pos, neg, lat = N.inpaint_conditioning(model, comfy_vae, source, embedding=embedding if kind == "paper" else None,
+                                               source_pose_image=source_pose.movedim(1, -1).float() / 255,
+                                               target_pose_image=target_pose.movedim(1, -1).float() / 255,
+                                               masked_latents=masked)
+    return model, pos, neg, lat
+
+
+report["equivalence"] = {}
+report["ddim"] = {}
+report["samplers"] = {}
+for kind in ("paper", "noprior", "refine"):
+    model, pos, neg, lat = native(kind)
+    noise = noise3 if kind == "refine" else noise2
+    ours = faithful(kind, "euler")
+    theirs = ksample(model, pos, neg, lat, "euler", "ddim_uniform", start=noise * init_sigma("euler"))
+    report["equivalence"][kind] = rel(theirs, ours)
+    ours_ddim = faithful(kind, "ddim")
+    # DDIM works on x_t = sqrt(a) x0 + sqrt(1 - a) eps, ComfyUI on x_t / sqrt(a): the same start, rescaled
+    theirs_ddim = ksample(model, pos, neg, lat, "ddim", "ddim_uniform", start=noise / first_alpha("ddim") ** 0.5)
+    report["ddim"][kind] = rel(theirs_ddim, ours_ddim)
+    if kind == "noprior":  # samplers and patches: one model of each stage is enough
+        continue
+    runs = {}
+    for sampler, scheduler in (("euler", "normal"), ("dpmpp_2m", "karras"), ("uni_pc", "simple")):
+        out = ksample(model, pos, neg, lat, sampler, scheduler, seed=3)
+        runs[f"{sampler}/{scheduler}"] = {"finite": bool(torch.isfinite(out).all()), "shape": list(out.shape),
+                                         "std": float(out.detach().std())}
+    free = FreeU().patch(model, 1.3, 1.4, 0.9, 0.2)[0]
+    patched = ksample(free, pos, neg, lat, "euler", "normal", seed=3)
+    plain = ksample(model, pos, neg, lat, "euler", "normal", seed=3)
+    runs["freeu"] = {"finite": bool(torch.isfinite(patched).all()), "differs": rel(patched, plain)}
+    report["samplers"][kind] = runs
+
+# ModelPatcher sees the real size; loaded partially it gives what it gives loaded whole.
+model, pos, neg, lat = native("paper")
+params = sum(p.numel() * p.element_size() for p in model.model.parameters())
+report["size"] = {"patcher": int(model.model_size()), "parameters": int(params)}
+whole = ksample(model, pos, neg, lat, "euler", "ddim_uniform", start=noise2 * init_sigma("euler"))
+mm.unload_all_models()
+partial_model, pos, neg, lat = native("paper")
+budget = partial_model.model_size() // 3
+partial_model.load(mm.get_torch_device(), lowvram_model_memory=budget, full_load=False)
+cast = sum(1 for m in partial_model.model.modules() if getattr(m, "comfy_cast_weights", False))
+real_load = mm.load_models_gpu
+mm.load_models_gpu = lambda *a, **k: None  # keep the partial load for this run (on a CPU, ComfyUI loads whole)
+try:
+    part = ksample(partial_model, pos, neg, lat, "euler", "ddim_uniform", start=noise2 * init_sigma("euler"))
+finally:
+    mm.load_models_gpu = real_load
+report["partial"] = {"budget": int(budget), "cast_modules": cast, "rel": rel(part, whole),
+                     "loaded_bytes": int(partial_model.model.model_loaded_weight_memory)}
+print(json.dumps(report))
