@@ -22,6 +22,7 @@ import latent_preview
 from ..pcdms_core import images as core_images
 from ..pcdms_core.errors import InputError
 from ..pcdms_core.bundled import DEMO_DIR
+from ..pcdms_core.networks.preview import latent_rgb_factors
 from ..pcdms_core.networks.vae import LatentCodec
 
 PCDMS_FOLDER = "pcdms"
@@ -209,16 +210,35 @@ def vae_for_stage(vae, pixel_shape: tuple[int, ...]) -> tuple[Any, Any, int]:
 
 # --- progress, previews, images -------------------------------------------------------------------------------------
 
-def step_callback(preview: bool = True):
-    """One per-step callback: ComfyUI's progress bar (which is also the Cancel check) and a latent preview."""
+def latent_format(vae=None):
+    """ComfyUI's latent format for previews of latents made with ``vae``. SD 1.5's colour factors suit the
+    SD KL-f8 VAE (the only one ComfyUI's Load VAE can give the stages); for a VAE from the PCDMs VAE Loader the
+    factors are fitted to that VAE (``pcdms_core.networks.preview``) once and kept with it, and no TAESD (an SD
+    approximation) is used."""
+    fmt = comfy.latent_formats.SD15()
+    if not (isinstance(vae, ManagedModel) and vae.kind == "vae"):
+        return fmt
+    if "latent_rgb" not in vae.extra:
+        vae.extra["latent_rgb"] = latent_rgb_factors(vae.patcher.model.inner)
+    fmt.latent_rgb_factors, fmt.latent_rgb_factors_bias = vae.extra["latent_rgb"]
+    fmt.taesd_decoder_name = None
+    return fmt
+
+
+def step_callback(preview: bool = True, vae=None):
+    """One per-step callback: ComfyUI's progress bar (which is also the Cancel check) and a latent preview
+    in the colours of ``vae`` (the stage's VAE input; SD 1.5's when not given)."""
     pbar = comfy.utils.ProgressBar(1)
-    previewer = latent_preview.get_previewer(mm.get_torch_device(), comfy.latent_formats.SD15()) if preview else None
+    previewer = []  # made at the first step, when the stage's models are loaded
 
     def callback(info) -> None:
         mm.throw_exception_if_processing_interrupted()
         image = None
-        if previewer is not None and info.denoised is not None:
-            image = previewer.decode_latent_to_preview_image("JPEG", info.denoised.float())
+        if preview and info.denoised is not None:
+            if not previewer:
+                previewer.append(latent_preview.get_previewer(mm.get_torch_device(), latent_format(vae)))
+            if previewer[0] is not None:
+                image = previewer[0].decode_latent_to_preview_image("JPEG", info.denoised.float())
         pbar.update_absolute(info.step + 1, info.total, image)
 
     return callback

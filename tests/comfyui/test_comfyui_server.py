@@ -262,6 +262,23 @@ def test_model_management_and_comfy_vae(comfy_env):
     assert report["vae_decode_u8_max_levels"] <= 1
 
 
+def test_previews_follow_the_demo_vae_colours(comfy_env):
+    """The stages' latent previews for the bundled demo VAE track what that VAE decodes (a photo and flat
+    colours the fitted preview never saw), where SD 1.5's preview colours do not."""
+    import subprocess
+
+    from comfy_server import ROOT, comfyui_path, comfyui_python
+
+    proc = subprocess.run([comfyui_python(), str(ROOT / "tests" / "comfyui" / "preview_check.py"), str(comfy_env),
+                           str(ROOT)], cwd=comfyui_path(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(report)
+    ours, sd15 = report["ours"], report["sd15"]  # errors in 8-bit levels, one per image
+    assert max(ours["colours"]) < 36 and max(ours["cells"]) < 25, report  # a linear map: close, not exact
+    assert sum(ours["colours"]) * 4 < sum(sd15["colours"]) and sum(ours["cells"]) * 3 < sum(sd15["cells"]), report
+
+
 def test_installs_the_way_comfyui_manager_does(tmp_path):
     """``pip install -r requirements.txt`` into ComfyUI's environment changes no torch package and breaks no
     import (a dry run against the registry, then the imports ComfyUI and the pack need)."""
