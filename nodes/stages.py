@@ -3,6 +3,8 @@ batches, so other nodes can sit between them."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import Optional
 
 import torch
@@ -23,9 +25,12 @@ from ..pcdms_core import (
     sample_refine,
     to_uint8,
 )
+from ..pcdms_core.errors import reported_warnings
+from ..pcdms_core.images import check_size
+from ..pcdms_core.pipeline import warn_unused_prior
 from ..pcdms_core.seeding import MAX_SEED
 from ..pcdms_core.stages.defaults import OFFICIAL_SIZE
-from ..pcdms_core.stages.loop import PRIOR_SCHEDULERS, UNET_SCHEDULERS, common_batch
+from ..pcdms_core.stages.loop import PRIOR_SCHEDULERS, UNET_SCHEDULERS, check_stage_settings, common_batch
 from .bridge import ManagedModel, images_in, images_out, step_callback, vae_for_stage, working_memory
 from .types import PcdmsClip, PcdmsDino, PcdmsEmbedding, PcdmsModel, PcdmsSource, PcdmsVae, PoseKeypoint
 
@@ -52,6 +57,25 @@ def _vae_input() -> io.MultiType.Input:
         "vae", types=[io.Vae, PcdmsVae],
         tooltip="The SD 2.1-base VAE, from ComfyUI's Load VAE or the PCDMs VAE Loader.",
     )
+
+
+@contextlib.contextmanager
+def reported(node: str):
+    """Collect the PCDMs warnings of the work inside (a distorted input, a prior that is not used): each is
+    logged once and listed, so the node can show them too (``output``)."""
+    said: list[str] = []
+
+    def report(text: str) -> None:
+        said.append(text)
+        logging.warning("%s: %s", node, text)
+
+    with reported_warnings(report):
+        yield said
+
+
+def output(*values, said: list[str]) -> io.NodeOutput:
+    """The node's outputs, with its warnings as text on the node."""
+    return io.NodeOutput(*values, ui={"text": ["warning: " + m for m in said]} if said else None)
 
 
 def _stage_model(model: ManagedModel, stage: str) -> ManagedModel:
@@ -91,7 +115,9 @@ class PCDMsEncodeSource(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, dino, width, height, clip=None) -> io.NodeOutput:
-        return io.NodeOutput(run_encode(image, dino, clip, width=width, height=height))
+        with reported("PCDMs Encode Source") as said:
+            source = run_encode(image, dino, clip, width=width, height=height)
+        return output(source, said=said)
 
 
 def _encoder(model: Optional[ManagedModel], kind: str) -> Optional[ManagedModel]:
@@ -103,12 +129,15 @@ def _encoder(model: Optional[ManagedModel], kind: str) -> Optional[ManagedModel]
 
 def run_encode(image, dino, clip, *, width: int, height: int) -> SourceFeatures:
     dino, clip = _encoder(dino, "dinov2"), _encoder(clip, "clip")
+    if dino is None:
+        raise InputError("connect the output of PCDMs DINOv2 Loader to dino")
+    pixels, size = images_in(image), check_size((width, height), 8, "working size")  # before any loading
     managed = [m for m in (dino, clip) if m is not None]
     mm.load_models_gpu([m.patcher for m in managed], force_full_load=True)
     # CLIP reads the image at the working size too: the official stage 1 and stages 2-3 both use 512.
     features = encode_source(
-        images_in(image), dino.patcher.model.inner, clip.patcher.model.inner if clip is not None else None,
-        size=(width, height), prior_size=(width, height),
+        pixels, dino.patcher.model.inner, clip.patcher.model.inner if clip is not None else None,
+        size=size, prior_size=size,
     )
     features.tokens = features.tokens.to(mm.intermediate_device())
     if features.clip_embedding is not None:
@@ -120,6 +149,7 @@ def run_prior(model: ManagedModel, source: SourceFeatures, source_pose, target_p
     model = _stage_model(model, "prior")
     if source.clip_embedding is None:
         raise InputError("the prior needs the source's CLIP embedding: connect a CLIP loader to PCDMs Encode Source")
+    check_stage_settings("prior", steps=steps, guidance_scale=cfg, scheduler=scheduler, seed=seed)
     src_poses = poses_from_keypoints(source_pose)
     tgt_poses = poses_from_keypoints(target_pose)
     prior = model.load()
@@ -159,8 +189,10 @@ class PCDMsPrior(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, source, source_pose, target_pose, seed, steps, cfg, scheduler) -> io.NodeOutput:
-        return io.NodeOutput(run_prior(model, source, source_pose, target_pose, seed=seed, steps=steps, cfg=cfg,
-                                        scheduler=scheduler))
+        with reported("PCDMs Prior") as said:
+            embedding = run_prior(model, source, source_pose, target_pose, seed=seed, steps=steps, cfg=cfg,
+                                  scheduler=scheduler)
+        return output(embedding, said=said)
 
 
 def _pose_images(keypoints, image, what: str, size) -> Optional[torch.Tensor]:
@@ -180,7 +212,14 @@ def run_inpaint(model, vae, source: SourceFeatures, *, embedding=None, source_po
     if variant == "paper" and embedding is None:
         raise InputError("the paper inpainting checkpoint needs the prior's embedding: connect PCDMs Prior")
     if variant == "noprior" and embedding is not None:
-        raise InputError("the no-prior checkpoint (PCDMs_ckpt.pt) takes no prior embedding: disconnect it")
+        raise InputError(
+            f"{model.name} is the no-prior stage-2 checkpoint (like PCDMs_ckpt.pt), which takes no prior embedding: "
+            "disconnect the embedding input (PCDMs Prior and a CLIP loader are not needed with it), or load the paper "
+            "stage-2 checkpoint (s2_512.pt) to use the prior"
+        )
+    scheduler = DEFAULTS[variant].scheduler if scheduler == "auto" else scheduler
+    check_stage_settings(variant, steps=steps, guidance_scale=cfg, scheduler=scheduler, num_images=batch_size,
+                         seed=seed)
     sp = _pose_images(source_pose, source_pose_image, "source", source.size)
     tp = _pose_images(target_pose, target_pose_image, "target", source.size)
     named = [("source images", source.batch), ("source poses", sp.shape[0]), ("target poses", tp.shape[0])]
@@ -193,7 +232,7 @@ def run_inpaint(model, vae, source: SourceFeatures, *, embedding=None, source_po
     mm.load_models_gpu([model.patcher, vae_patcher], memory_required=memory, force_full_load=True)
     result = sample_inpaint(
         model.patcher.model.inner, vae_model, source.pixels, sp, tp, source.tokens, embedding, size=source.size,
-        steps=steps, guidance_scale=cfg, scheduler=DEFAULTS[variant].scheduler if scheduler == "auto" else scheduler,
+        steps=steps, guidance_scale=cfg, scheduler=scheduler,
         generator=seed, num_images=batch_size, callback=step_callback(),
     )
     return result
@@ -237,10 +276,12 @@ class PCDMsInpaint(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, source, seed, steps, cfg, scheduler, batch_size, embedding=None, source_pose=None,
                 target_pose=None, source_pose_image=None, target_pose_image=None) -> io.NodeOutput:
-        result = run_inpaint(model, vae, source, embedding=embedding, source_pose=source_pose, target_pose=target_pose,
-                             source_pose_image=source_pose_image, target_pose_image=target_pose_image, seed=seed,
-                             steps=steps, cfg=cfg, scheduler=scheduler, batch_size=batch_size)
-        return io.NodeOutput(images_out(result.target), images_out(result.canvas))
+        with reported("PCDMs Inpaint") as said:
+            result = run_inpaint(model, vae, source, embedding=embedding, source_pose=source_pose,
+                                 target_pose=target_pose, source_pose_image=source_pose_image,
+                                 target_pose_image=target_pose_image, seed=seed, steps=steps, cfg=cfg,
+                                 scheduler=scheduler, batch_size=batch_size)
+        return output(images_out(result.target), images_out(result.canvas), said=said)
 
 
 def run_refine(model, vae, source: SourceFeatures, coarse, *, seed, steps, cfg, cfg_rescale, scheduler, strength=1.0):
@@ -248,6 +289,9 @@ def run_refine(model, vae, source: SourceFeatures, coarse, *, seed, steps, cfg, 
     model = _stage_model(model, "refine")
     if source.tokens is None:
         raise InputError("the source has no DINOv2 tokens: connect a DINOv2 loader to PCDMs Encode Source")
+    rescale = None if cfg_rescale < 0 else cfg_rescale
+    check_stage_settings("refine", steps=steps, guidance_scale=cfg, guidance_rescale=rescale, scheduler=scheduler,
+                         strength=strength, seed=seed)
     n, b = coarse.shape[0], source.batch
     if n != b and (b == 0 or n % b):
         raise InputError(f"{n} images to refine but {b} sources: give one source, or a whole number of images per source")
@@ -258,7 +302,7 @@ def run_refine(model, vae, source: SourceFeatures, coarse, *, seed, steps, cfg, 
     mm.load_models_gpu([model.patcher, vae_patcher], memory_required=memory, force_full_load=True)
     return sample_refine(
         model.patcher.model.inner, vae_model, coarse, tokens, size=source.size, steps=steps, guidance_scale=cfg,
-        guidance_rescale=None if cfg_rescale < 0 else cfg_rescale, scheduler=scheduler, generator=seed,
+        guidance_rescale=rescale, scheduler=scheduler, generator=seed,
         strength=strength, callback=step_callback(),
     ).images
 
@@ -297,9 +341,10 @@ class PCDMsRefine(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, source, image, seed, steps, cfg, cfg_rescale, scheduler,
                 strength=1.0) -> io.NodeOutput:
-        refined = run_refine(model, vae, source, images_in(image), seed=seed, steps=steps, cfg=cfg,
-                             cfg_rescale=cfg_rescale, scheduler=scheduler, strength=strength)
-        return io.NodeOutput(images_out(refined))
+        with reported("PCDMs Refine") as said:
+            refined = run_refine(model, vae, source, images_in(image), seed=seed, steps=steps, cfg=cfg,
+                                 cfg_rescale=cfg_rescale, scheduler=scheduler, strength=strength)
+        return output(images_out(refined), said=said)
 
 
 class PCDMsAllStages(io.ComfyNode):
@@ -336,21 +381,50 @@ class PCDMsAllStages(io.ComfyNode):
     @classmethod
     def execute(cls, inpaint_model, vae, dino, image, source_pose, target_pose, seed, width, height, inpaint_steps,
                 batch_size, prior_model=None, clip=None, refine_model=None) -> io.NodeOutput:
-        prior, inpaint, refine = DEFAULTS["prior"], DEFAULTS[inpaint_model.info.variant], DEFAULTS["refine"]
-        source = run_encode(image, dino, clip, width=width, height=height)
-        embedding = None
-        if prior_model is not None:
-            embedding = run_prior(prior_model, source, source_pose, target_pose, seed=seed, steps=prior.steps,
-                                  cfg=prior.guidance_scale, scheduler=prior.scheduler)
-        result = run_inpaint(inpaint_model, vae, source, embedding=embedding, source_pose=source_pose,
-                             target_pose=target_pose, seed=seed, steps=inpaint_steps, cfg=inpaint.guidance_scale,
-                             scheduler=inpaint.scheduler, batch_size=batch_size)
-        coarse = result.target
-        final = coarse
-        if refine_model is not None:
-            final = run_refine(refine_model, vae, source, to_uint8(coarse), seed=seed, steps=refine.steps,
-                               cfg=refine.guidance_scale, cfg_rescale=-1.0, scheduler=refine.scheduler)
-        return io.NodeOutput(images_out(final), images_out(coarse))
+        with reported("PCDMs All Stages") as said:
+            final, coarse = run_all_stages(inpaint_model, vae, dino, image, source_pose, target_pose, seed=seed,
+                                           width=width, height=height, inpaint_steps=inpaint_steps,
+                                           batch_size=batch_size, prior_model=prior_model, clip=clip,
+                                           refine_model=refine_model)
+        return output(images_out(final), images_out(coarse), said=said)
+
+
+def run_all_stages(inpaint_model, vae, dino, image, source_pose, target_pose, *, seed, width, height, inpaint_steps,
+                   batch_size, prior_model=None, clip=None, refine_model=None):
+    """The stages with the official settings; everything that can be checked is checked before any loading."""
+    inpaint_model = _stage_model(inpaint_model, "inpaint")
+    variant = inpaint_model.info.variant
+    if variant == "noprior" and (prior_model is not None or clip is not None):
+        warn_unused_prior(inpaint_model.name)
+        prior_model = clip = None
+    if variant == "paper" and (prior_model is None or clip is None):
+        raise InputError(
+            f"{inpaint_model.name} is the paper stage-2 checkpoint, which needs the prior's embedding: connect a "
+            "stage-1 checkpoint to prior_model and a CLIP loader to clip (or use the no-prior checkpoint, "
+            "PCDMs_ckpt.pt, which needs neither)"
+        )
+    if prior_model is not None:
+        _stage_model(prior_model, "prior")
+    if refine_model is not None:
+        _stage_model(refine_model, "refine")
+    prior, inpaint, refine = DEFAULTS["prior"], DEFAULTS[variant], DEFAULTS["refine"]
+    check_stage_settings(variant, steps=inpaint_steps, num_images=batch_size, seed=seed)
+    for pose in (source_pose, target_pose):  # a pose with nobody in it is refused before any loading
+        poses_from_keypoints(pose)
+    source = run_encode(image, dino, clip, width=width, height=height)
+    embedding = None
+    if prior_model is not None:
+        embedding = run_prior(prior_model, source, source_pose, target_pose, seed=seed, steps=prior.steps,
+                              cfg=prior.guidance_scale, scheduler=prior.scheduler)
+    result = run_inpaint(inpaint_model, vae, source, embedding=embedding, source_pose=source_pose,
+                         target_pose=target_pose, seed=seed, steps=inpaint_steps, cfg=inpaint.guidance_scale,
+                         scheduler=inpaint.scheduler, batch_size=batch_size)
+    coarse = result.target
+    final = coarse
+    if refine_model is not None:
+        final = run_refine(refine_model, vae, source, to_uint8(coarse), seed=seed, steps=refine.steps,
+                           cfg=refine.guidance_scale, cfg_rescale=-1.0, scheduler=refine.scheduler)
+    return final, coarse
 
 
 NODES = [PCDMsEncodeSource, PCDMsPrior, PCDMsInpaint, PCDMsRefine, PCDMsAllStages]

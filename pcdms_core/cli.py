@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import bundled
-from .errors import PCDMsError
+from .errors import PCDMsError, reported_warnings
 from .stages.defaults import DEFAULTS
 from .stages.loop import PRIOR_SCHEDULERS, UNET_SCHEDULERS
 
@@ -197,7 +197,7 @@ def _open_image(path: str, what: str):
     try:
         with Image.open(p) as img:
             img.load()
-            return img.convert("RGB")
+            return img.copy()  # in its own mode: images.as_uint8_batch converts 16-bit, palette, CMYK ... right
     except (UnidentifiedImageError, OSError) as exc:
         raise PCDMsError(f"{what} {p} is not an image PIL can read ({exc})") from None
 
@@ -262,14 +262,35 @@ def _generate(args) -> int:
     for name in ("inpaint", "prior", "refine", "clip", "dino", "vae"):  # files, or folders for some
         if getattr(args, name) and not Path(getattr(args, name)).exists():
             raise PCDMsError(f"--{name} model not found: {getattr(args, name)}")
+    # what the stage-2 file is, and every setting, before any model loads
+    from .loading.checkpoints import inspect_checkpoint
+    from .pipeline import warn_unused_prior
+    from .stages.loop import check_stage_settings
+
+    variant = inspect_checkpoint(args.inpaint, config=args.inpaint_config).variant
+    if variant == "noprior" and (args.prior or args.clip):
+        warn_unused_prior(Path(args.inpaint).name)
+        args.prior = args.clip = None
+    if variant == "paper" and not (args.prior and args.clip):
+        raise PCDMsError(
+            f"{Path(args.inpaint).name} is the paper stage-2 checkpoint, which needs the stage-1 prior and CLIP "
+            "ViT-H/14: give --prior and --clip (or use the no-prior stage-2 checkpoint, PCDMs_ckpt.pt, which needs "
+            "neither)"
+        )
+    stages = [("prior", "prior")] * bool(args.prior) + [("inpaint", variant)] + [("refine", "refine")] * bool(args.refine)
+    for stage, kind in stages:
+        check_stage_settings(kind, steps=getattr(args, f"{stage}_steps"), guidance_scale=getattr(args, f"{stage}_guidance"),
+                             scheduler=getattr(args, f"{stage}_scheduler"), num_images=args.num_images, seed=args.seed,
+                             strength=args.refine_strength if stage == "refine" else None)
     if args.prior and not isinstance(target_pose, Pose):
         raise PCDMsError(
             f"the target pose {args.target_pose} is a skeleton image, but the prior (the paper path) needs "
             "keypoints: give the target pose as a .json / .txt keypoint file, or use the no-prior checkpoint "
             "(PCDMs_ckpt.pt), which reads skeleton images"
         )
-    args.size = args.size or (512, 512)
-    args.prior_size = args.prior_size or args.size
+    args.size = im.check_size(args.size or (512, 512), 8, "--size")
+    args.prior_size = im.check_size(args.prior_size or args.size, 8, "--prior-size")
+    im.warn(im.size_warnings(source.size, args.size, "source image"))
     configs = {"prior": args.prior_config, "inpaint": args.inpaint_config, "refine": args.refine_config}
     pipe = PCDMsPipeline.from_files(
         inpaint=args.inpaint, vae=args.vae, dino=args.dino, prior=args.prior, clip=args.clip, refine=args.refine,
@@ -418,8 +439,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"generate": _generate, "convert": _convert, "inspect": _inspect, "train": _train,
                 "make-coarse": _make_coarse, "init-encoders": _init_encoders, "evaluate": _evaluate}
-    try:
-        return commands[args.command](args)
-    except PCDMsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with reported_warnings(lambda text: print(f"warning: {text}", file=sys.stderr, flush=True)):
+        try:
+            return commands[args.command](args)
+        except PCDMsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2

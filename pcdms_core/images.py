@@ -8,13 +8,15 @@ These helpers reproduce exactly that, so a tensor that holds 8-bit values gives 
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Iterable, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .errors import InputError
+from .errors import InputError, PCDMsWarning
 
 ImageLike = Union[Image.Image, np.ndarray, torch.Tensor, Sequence[Image.Image]]
 
@@ -46,8 +48,21 @@ def as_uint8_batch(images: ImageLike) -> torch.Tensor:
 
     Accepted: a PIL image or a list of them; a numpy array ``[H, W, C]`` or ``[B, H, W, C]`` (uint8, or floats
     in [0, 1]); a tensor ``[B, 3, H, W]`` or ``[3, H, W]`` (uint8, or floats in [0, 1]). RGBA drops alpha,
-    grayscale is repeated to RGB, 16-bit grayscale is scaled to 8 bits, palette and CMYK images are converted.
+    grayscale is repeated to RGB, 16-bit grayscale is scaled to 8 bits, palette and CMYK images are converted,
+    floats outside [0, 1] are clipped. Refused: an empty batch, an image of 0 pixels, NaN or infinite values.
     """
+    return _not_empty(_as_uint8_batch(images))
+
+
+def _not_empty(batch: torch.Tensor) -> torch.Tensor:
+    if batch.shape[0] == 0:
+        raise InputError("the image batch is empty (0 images): the node or step that made it gave no image")
+    if batch.shape[-1] == 0 or batch.shape[-2] == 0:
+        raise InputError(f"the image has no pixels ({batch.shape[-1]}x{batch.shape[-2]}): give a real image")
+    return batch
+
+
+def _as_uint8_batch(images: ImageLike) -> torch.Tensor:
     if isinstance(images, Image.Image):
         return _pil_to_tensor(images)[None]
     if isinstance(images, (list, tuple)):
@@ -87,6 +102,11 @@ def as_uint8_batch(images: ImageLike) -> torch.Tensor:
         return x.contiguous()
     if not torch.is_floating_point(x):
         raise InputError(f"image values must be uint8 or floats in [0, 1], got dtype {x.dtype}")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise InputError(
+            "the image holds NaN or infinite values: the node or step that made it failed (often half precision "
+            "that overflowed); make it again, with its models in fp32 or bf16"
+        )
     return to_uint8(x)
 
 
@@ -134,3 +154,55 @@ def check_size(size: Iterable[int], multiple: int, what: str) -> tuple[int, int]
             f"{max(multiple, (h // multiple) * multiple)})"
         )
     return w, h
+
+
+# --- inputs used the official way but distorted: said, not refused ------------------------------------------------
+
+STRETCH_LIMIT = 2.0  # proportions changed more than this many times (DeepFashion's 176 x 256 to 512 x 512: 1.45)
+ENLARGE_LIMIT = 4.0  # enlarged more than this many times in width or height (a 128 px source at 512)
+
+
+def size_warnings(size: tuple[int, int], working: tuple[int, int], what: str) -> list[str]:
+    """What is worth saying when an image of ``size`` = (W, H) is stretched to ``working`` = (W, H), as the
+    official preprocessing does (no crop, no pad): its proportions changed more than ``STRETCH_LIMIT`` times, or
+    it is enlarged more than ``ENLARGE_LIMIT`` times. Empty when neither."""
+    (w, h), (ww, wh) = (int(v) for v in size), (int(v) for v in working)
+    out = []
+    change = (w / h) / (ww / wh)
+    factor = max(change, 1 / change)
+    if factor > STRETCH_LIMIT:
+        out.append(
+            f"the {what} ({w}x{h}) is stretched to the working size {ww}x{wh}, which changes its proportions "
+            f"{factor:.1f} times (the official preprocessing stretches, it does not crop): the person comes out "
+            f"{'squeezed' if change > 1 else 'widened'}. Crop it nearer to {ww}:{wh} first."
+        )
+    enlarge = max(ww / w, wh / h)
+    if enlarge > ENLARGE_LIMIT:
+        out.append(
+            f"the {what} ({w}x{h}) is enlarged {enlarge:.0f} times to the working size {ww}x{wh}, so it holds "
+            f"little detail for the models; use an image of at least {math.ceil(ww / ENLARGE_LIMIT)}x"
+            f"{math.ceil(wh / ENLARGE_LIMIT)} pixels."
+        )
+    return out
+
+
+def resize_back_warnings(size: tuple[int, int], working: tuple[int, int], what: str) -> list[str]:
+    """Stage 3 works at the size the source was encoded at: an image of any other size is resized to it."""
+    (w, h), (ww, wh) = (int(v) for v in size), (int(v) for v in working)
+    if (w, h) == (ww, wh):
+        return []
+    lost = " (detail beyond it is lost: upscale after refining, not before)" if w > ww or h > wh else ""
+    return [f"the {what} ({w}x{h}) is resized to the working size {ww}x{wh} the source was encoded at{lost}."] + [
+        m for m in size_warnings((w, h), (ww, wh), what) if "stretched" in m]
+
+
+def warn(messages: Iterable[str]) -> None:
+    """Issue each message as a ``PCDMsWarning`` (the command line prints them once on stderr; the ComfyUI nodes
+    log them and show them on the node)."""
+    for message in messages:
+        warnings.warn(message, PCDMsWarning, stacklevel=2)
+
+
+def image_size(batch: torch.Tensor) -> tuple[int, int]:
+    """(W, H) of a ``[B, C, H, W]`` batch."""
+    return int(batch.shape[-1]), int(batch.shape[-2])

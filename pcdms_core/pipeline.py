@@ -13,6 +13,7 @@ be an image (for example a DWPose rendering).
 from __future__ import annotations
 
 import gc
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
@@ -22,7 +23,7 @@ from . import images as im
 from .loading.checkpoints import load_checkpoint
 from .networks.encoders import ImageEncoder
 from .loading.encoders import load_image_encoder
-from .errors import InputError
+from .errors import InputError, PCDMsWarning
 from .networks.inpaint import InpaintModel
 from .stages.inpaint import decode_canvas, encode_canvas, sample_inpaint
 from .pose.keypoints import Pose, pose_vector, render_pose
@@ -79,6 +80,7 @@ def encode_source(
     stretch is 512 x 512, the official working size too)."""
     pixels = im.as_uint8_batch(images)
     size = im.check_size(size, 8, "working size")
+    im.warn(im.size_warnings(im.image_size(pixels), size, "source image"))
     return SourceFeatures(
         pixels=pixels,
         size=size,
@@ -142,9 +144,16 @@ class PCDMsPipeline:
         ``lazy=True`` keeps only the paths: each stage loads its models just before it runs and frees them
         after, so peak memory is the largest stage's, not the sum of all models (about 18 GB in fp32 at the
         official sizes). ``prepare`` is applied to each model once it is loaded (the command line passes
-        ``cpu.speed_up`` for CPU runs).
+        ``cpu.speed_up`` for CPU runs). A prior or CLIP given with the no-prior stage 2 is not loaded, with a
+        ``PCDMsWarning``.
         """
         configs = configs or {}
+        from .loading.checkpoints import inspect_checkpoint
+
+        info = inspect_checkpoint(inpaint, config=configs.get("inpaint"))  # reads no weights
+        if info.variant == "noprior" and (prior or clip):
+            warn_unused_prior(info.path.name)
+            prior = clip = None
         kw = dict(dtype=dtype, device=device)
         loaders = {
             "inpaint": lambda: load_checkpoint(inpaint, expect="inpaint", config=configs.get("inpaint"), **kw),
@@ -158,9 +167,6 @@ class PCDMsPipeline:
             loaders = {k: (lambda f=f: prepare(f())) if f else None for k, f in loaders.items()}
         if not lazy:
             return cls(**{k: (f() if f else None) for k, f in loaders.items()})
-        from .loading.checkpoints import inspect_checkpoint
-
-        info = inspect_checkpoint(inpaint, config=configs.get("inpaint"))
         models = {k: (Lazy(f, k) if f else None) for k, f in loaders.items()}
         return cls(**models, uses_prior=info.variant == "paper")
 
@@ -175,6 +181,8 @@ class PCDMsPipeline:
             gc.collect()
 
     def _check(self) -> None:
+        if not self.uses_prior and (self.prior is not None or self.clip is not None):
+            warn_unused_prior("the stage-2 model")
         if self.uses_prior and (self.prior is None or self.clip is None):
             raise InputError(
                 "the paper stage-2 checkpoint needs the stage-1 prior and the CLIP ViT-H/14 encoder; load both "
@@ -283,6 +291,7 @@ class PCDMsPipeline:
             raise InputError("the prior needs keypoint poses (Pose), not pose images")
         src = im.as_uint8_batch(source)
         size = tuple(im.check_size(size, 8, "working size"))
+        im.warn(im.size_warnings(im.image_size(src), size, "source image"))
 
         def stage_cb(name: str):
             return (lambda info: callback(name, info)) if callback is not None else None
@@ -305,6 +314,17 @@ class PCDMsPipeline:
         del vae
         self._collect()
         return PipelineResult(images=images, coarse=coarse, prior_embedding=embedding, source_tokens=tokens)
+
+
+def warn_unused_prior(name: str) -> None:
+    """The no-prior stage 2 given a prior or CLIP: they are not used (the official no-prior pipeline has no
+    stage 1), which is said once rather than refused, so one command line or script serves both checkpoints."""
+    warnings.warn(
+        f"{name} is the no-prior stage-2 checkpoint (like the released PCDMs_ckpt.pt): it does not use the stage-1 "
+        "prior or CLIP, so those given are not loaded or run. Leave them out, or give the paper stage-2 checkpoint "
+        "(s2_512.pt) to use them.",
+        PCDMsWarning, stacklevel=3,
+    )
 
 
 def _as_vector(pose) -> torch.Tensor:

@@ -358,3 +358,252 @@ def test_non_finite_features_given_to_a_stage_are_refused(models, stage_inputs):
     tokens[0, 0, 0] = float("nan")
     with pytest.raises(InputError, match=r"source features \(DINOv2 tokens\) hold NaN or infinite values"):
         sample_refine(models("s3"), models("vae"), stage_inputs["src"], tokens, size=(64, 64), steps=1)
+
+
+# --- images: refused when they cannot work, warned about when the official stretch distorts them ---------------
+
+@pytest.mark.parametrize("size, working, said", [
+    ((1000, 50), (512, 512), ["changes its proportions 20.0 times", "squeezed", "Crop it nearer to 512:512"]),
+    ((50, 1000), (512, 512), ["changes its proportions 20.0 times", "widened"]),
+    ((8, 8), (512, 512), ["enlarged 64 times", "at least 128x128 pixels"]),
+    ((176, 256), (512, 512), []),  # the official DeepFashion stretch (1.45 times) is not worth a word
+    ((128, 128), (512, 512), []),  # enlarged exactly 4 times: at the limit
+    ((300, 100), (512, 256), []),  # 3:1 into 2:1 is 1.5 times
+])
+def test_size_warnings_follow_the_documented_limits(size, working, said):
+    from pcdms_core.images import size_warnings
+
+    got = " | ".join(size_warnings(size, working, "source image"))
+    for text in said:
+        assert text in got
+    if not said:
+        assert got == ""
+
+
+@pytest.mark.parametrize("image, message", [
+    (torch.zeros(0, 3, 8, 8), "the image batch is empty"),
+    (torch.zeros(1, 3, 0, 8), "the image has no pixels (8x0)"),
+    (np.zeros((0, 0, 3), dtype=np.uint8), "the image has no pixels"),
+    (torch.full((1, 3, 4, 4), float("nan")), "holds NaN or infinite values"),
+])
+def test_images_that_cannot_work_are_refused(image, message):
+    from pcdms_core import InputError
+
+    with pytest.raises(InputError, match=re.escape(message)):
+        as_uint8_batch(image)
+
+
+def test_a_one_pixel_wide_source_still_works_with_a_warning(models):
+    from pcdms_core import encode_source
+    from pcdms_core.errors import PCDMsWarning
+
+    with pytest.warns(PCDMsWarning, match="stretched to the working size 64x64, which changes its proportions 50.0"):
+        features = encode_source(torch.rand(1, 3, 50, 1), models("dinov2"), size=(64, 64))
+    assert torch.isfinite(features.tokens).all()
+
+
+def test_refine_says_when_it_resizes_an_image_of_another_size(models, stage_inputs):
+    from pcdms_core import sample_refine
+    from pcdms_core.errors import PCDMsWarning
+
+    bigger = torch.rand(1, 3, 128, 128)
+    with pytest.warns(PCDMsWarning, match=r"the image to refine \(128x128\) is resized to the working size 64x64.*"
+                                          "upscale after refining"):
+        sample_refine(models("s3"), models("vae"), bigger, stage_inputs["tokens"], size=(64, 64), steps=1, generator=0)
+
+
+def test_stage_2_says_when_a_skeleton_image_is_stretched(models, stage_inputs):
+    from pcdms_core import sample_inpaint
+    from pcdms_core.errors import PCDMsWarning
+
+    p = stage_inputs
+    with pytest.warns(PCDMsWarning, match=r"the target pose image \(256x32\) is stretched"):
+        sample_inpaint(models("s2_demo"), models("vae"), p["src"], p["pose"], torch.rand(1, 3, 32, 256), p["tokens"],
+                       size=(64, 64), steps=1, generator=0)
+
+
+# --- the no-prior stage 2 given a prior and CLIP: said once, not loaded -------------------------------------------
+
+def test_the_pipeline_warns_once_and_does_not_load_an_unused_prior(tmp_path, monkeypatch):
+    from pcdms_core import PCDMsPipeline, convert_checkpoint
+    from pcdms_core.errors import PCDMsWarning
+    from pcdms_core import pipeline as pipeline_module
+
+    from helpers import CONFIGS
+
+    demo = convert_checkpoint(PARITY_CKPT / "s2_demo.pt", tmp_path / "noprior.safetensors", config=CONFIGS["s2_demo"])
+    loaded = []
+    real = pipeline_module.load_checkpoint
+    monkeypatch.setattr(pipeline_module, "load_checkpoint", lambda p, **kw: loaded.append(kw["expect"]) or real(p, **kw))
+    with pytest.warns(PCDMsWarning) as said:
+        pipe = PCDMsPipeline.from_files(inpaint=demo, vae=_PARITY / "vae", dino=_PARITY / "dinov2",
+                                        prior=PARITY_CKPT / "s1.pt", clip=_PARITY / "clip_vision")
+    assert len(said) == 1 and "noprior.safetensors is the no-prior stage-2 checkpoint" in str(said[0].message)
+    assert pipe.prior is None and pipe.clip is None and loaded == ["inpaint"]
+
+
+def test_a_pipeline_built_with_an_unused_prior_says_so_when_run(models, stage_inputs):
+    from pcdms_core import PCDMsPipeline, StageSettings, load_pose
+    from pcdms_core.errors import PCDMsWarning
+
+    pipe = PCDMsPipeline(inpaint=models("s2_demo"), vae=models("vae"), dino=models("dinov2"), prior=models("s1"),
+                         clip=models("clip_vision"))
+    pose = load_pose(_PARITY / "inputs" / "pose_a.json")
+    with pytest.warns(PCDMsWarning, match="does not use the stage-1 prior or CLIP"):
+        pipe(stage_inputs["src"], pose, pose, size=(64, 64), inpaint_settings=StageSettings(steps=1))
+
+
+# --- the command line: every setting checked before any model loads; each warning once on stderr ---------------
+
+@pytest.fixture(scope="module")
+def cli_models(tmp_path_factory):
+    from pcdms_core import convert_checkpoint
+
+    from helpers import CONFIGS
+
+    out = tmp_path_factory.mktemp("cli_models")
+    return {name: convert_checkpoint(PARITY_CKPT / f"{name}.pt", out / f"{name}.safetensors", config=CONFIGS[name])
+            for name in CONFIGS}
+
+
+def _cli(capsys, *argv):
+    from pcdms_core.cli import main
+
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--inpaint-guidance", "nan"], "guidance scale must be a finite number"),
+    (["--refine-steps", "0"], "steps must be a positive integer"),
+    (["--num-images", "0"], "number of images per source must be a whole number from 1"),
+    (["--refine-strength", "1.5"], "strength must be a number in (0, 1]"),
+    (["--prior-steps", "1"], "UnCLIP scheduler needs at least 2 steps"),
+    (["--seed", "-3"], "seed must be a whole number from 0"),
+    (["--size", "60"], "--size 60x60 is not usable"),
+    (["--prior", None], "paper stage-2 checkpoint, which needs the stage-1 prior and CLIP"),
+])
+def test_cli_settings_are_checked_before_any_model_loads(tmp_path, capsys, monkeypatch, cli_models, extra, message):
+    from pcdms_core import pipeline
+
+    monkeypatch.setattr(pipeline.PCDMsPipeline, "from_files", classmethod(lambda *a, **k: pytest.fail("loaded")))
+    files = {"--prior": cli_models["s1"], "--inpaint": cli_models["s2_paper"], "--refine": cli_models["s3"],
+             "--clip": _PARITY / "clip_vision", "--dino": _PARITY / "dinov2", "--vae": _PARITY / "vae"}
+    if extra[1:] == [None]:
+        files.pop(extra[0])
+        extra = []
+    inputs = _PARITY / "inputs"
+    rc, err = _cli(capsys, "generate", "--source", inputs / "src_a.png", "--source-pose", inputs / "pose_a.json",
+                   "--target-pose", inputs / "pose_t1.json", *[a for kv in files.items() for a in kv], "--size", "64",
+                   *extra, "--out", tmp_path / "x.png")
+    assert rc == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_no_prior_with_a_prior_and_a_distorted_source_warns_once_each(tmp_path, capsys, cli_models):
+    from PIL import Image
+
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 400, 3), dtype=np.uint8)).save(wide)
+    inputs = _PARITY / "inputs"
+    rc, err = _cli(capsys, "generate", "--source", wide, "--source-pose", inputs / "pose_a.json",
+                   "--target-pose", inputs / "pose_t2.png",  # a skeleton image: fine without the prior
+                   "--inpaint", cli_models["s2_demo"], "--prior", cli_models["s1"], "--clip", _PARITY / "clip_vision",
+                   "--dino", _PARITY / "dinov2", "--vae", _PARITY / "vae", "--size", "64", "--inpaint-steps", "1",
+                   "--quiet", "--out", tmp_path / "x.png")
+    assert rc == 0, err
+    lines = err.strip().splitlines()
+    assert sum("does not use the stage-1 prior or CLIP" in ln for ln in lines) == 1
+    assert sum("source image (400x20) is stretched" in ln for ln in lines) == 1
+    assert all(ln.startswith("warning: ") for ln in lines) and len(lines) == 2
+    assert (tmp_path / "x.png").exists()
+
+
+# --- the nodes (ComfyUI stood in): checks before any loading, warnings in the log and on the node ---------------
+
+from test_nodes import _image, _load, env, run  # noqa: E402,F401  (the stood-in ComfyUI and its tiny models)
+
+
+def _node(env, node_id, **inputs):
+    return env.nodes[node_id].execute(**inputs)
+
+
+def _pose(env, name="pose_a.json"):
+    return run(env, "PCDMsLoadPose", pose_file=name, person=-1, canvas_width=0, canvas_height=0)[0]
+
+
+def test_node_settings_and_inputs_are_checked_before_any_model_moves(env):
+    PCDMsError = env.pack.pcdms_core.errors.PCDMsError
+    m = _load(env)
+    source = run(env, "PCDMsEncodeSource", image=_image("src_a.png"), dino=m.dino, clip=m.clip, width=64, height=64)[0]
+    pose = _pose(env)
+    inpaint = dict(model=m.inpaint, vae=m.vae, source=source, source_pose=pose, target_pose=pose, seed=0, steps=2,
+                   cfg=2.0, scheduler="auto", batch_size=1, embedding=torch.zeros(1, 1024))
+    refine = dict(model=m.refine, vae=m.vae, source=source, image=_image("src_a.png"), seed=0, steps=2, cfg=1.0,
+                  cfg_rescale=-1.0, scheduler="unipc", strength=1.0)
+    prior = dict(model=m.prior, source=source, source_pose=pose, target_pose=pose, seed=0, steps=2, cfg=1.0,
+                 scheduler="unclip")
+    cases = [
+        ("PCDMsInpaint", dict(inpaint, cfg=float("nan")), "guidance scale must be a finite number"),
+        ("PCDMsInpaint", dict(inpaint, batch_size=0), "number of images per source"),
+        ("PCDMsInpaint", dict(inpaint, seed=-1), "seed must be a whole number"),
+        ("PCDMsInpaint", dict(inpaint, scheduler="karras"), "unknown scheduler 'karras'"),
+        ("PCDMsInpaint", dict(inpaint, target_pose=[{"people": [], "canvas_width": 8, "canvas_height": 8}]), "nobody"),
+        ("PCDMsRefine", dict(refine, strength=0.0), "strength must be a number in (0, 1]"),
+        ("PCDMsRefine", dict(refine, cfg_rescale=float("inf")), "guidance rescale must be a finite number"),
+        ("PCDMsRefine", dict(refine, image=torch.zeros(0, 64, 64, 3)), "the image batch is empty"),
+        ("PCDMsPrior", dict(prior, steps=1), "UnCLIP scheduler needs at least 2 steps"),
+        ("PCDMsEncodeSource", dict(image=_image("src_a.png"), dino=m.dino, clip=None, width=0, height=64),
+         "is not usable"),
+        ("PCDMsEncodeSource", dict(image=torch.full((1, 8, 8, 3), float("nan")), dino=m.dino, clip=None, width=64,
+                                   height=64), "holds NaN"),
+        ("PCDMsAllStages", dict(inpaint_model=m.inpaint, vae=m.vae, dino=m.dino, image=_image("src_a.png"),
+                                source_pose=pose, target_pose=pose, seed=0, width=64, height=64, inpaint_steps=2,
+                                batch_size=1), "needs the prior's embedding: connect a stage-1 checkpoint"),
+        ("PCDMsAllStages", dict(inpaint_model=m.demo, vae=m.vae, dino=m.dino, image=_image("src_a.png"),
+                                source_pose=pose, target_pose=pose, seed=0, width=64, height=64, inpaint_steps=0,
+                                batch_size=1), "steps must be a positive integer"),
+    ]
+    for node_id, inputs, message in cases:
+        before = len(env.mm.load_calls)
+        with pytest.raises(PCDMsError, match=re.escape(message)):
+            _node(env, node_id, **inputs)
+        assert len(env.mm.load_calls) == before, f"{node_id} loaded a model before refusing: {message}"
+
+
+def test_inpaint_names_the_no_prior_file_and_the_fix_when_an_embedding_is_connected(env):
+    PCDMsError = env.pack.pcdms_core.errors.PCDMsError
+    m = _load(env)
+    source = run(env, "PCDMsEncodeSource", image=_image("src_b.png"), dino=m.dino, clip=None, width=64, height=64)[0]
+    pose = _pose(env)
+    with pytest.raises(PCDMsError) as err:
+        _node(env, "PCDMsInpaint", model=m.demo, vae=m.vae, source=source, embedding=torch.zeros(1, 1024),
+              source_pose=pose, target_pose=pose, seed=0, steps=1, cfg=2.0, scheduler="auto", batch_size=1)
+    msg = str(err.value)
+    assert "PCDMs_ckpt.safetensors is the no-prior stage-2 checkpoint" in msg
+    assert "disconnect the embedding input" in msg and "s2_512.pt" in msg
+
+
+def test_nodes_show_and_log_what_they_distort(env, caplog):
+    m = _load(env)
+    wide = torch.rand(1, 20, 400, 3)
+    with caplog.at_level("WARNING"):
+        out = _node(env, "PCDMsEncodeSource", image=wide, dino=m.dino, clip=None, width=64, height=64)
+    assert out.ui and any("source image (400x20) is stretched" in t for t in out.ui["text"])
+    assert any("PCDMs Encode Source: the source image (400x20)" in r.getMessage() for r in caplog.records)
+    source = out.result[0]
+    plain = _node(env, "PCDMsEncodeSource", image=_image("src_b.png"), dino=m.dino, clip=None, width=64, height=64)
+    assert plain.ui is None  # nothing to say: no text on the node
+
+    refined = _node(env, "PCDMsRefine", model=m.refine, vae=m.vae, source=source, image=torch.rand(1, 128, 128, 3),
+                    seed=0, steps=1, cfg=1.0, cfg_rescale=-1.0, scheduler="unipc", strength=1.0)
+    assert any("image to refine (128x128) is resized to the working size 64x64" in t for t in refined.ui["text"])
+    assert refined.result[0].shape == (1, 64, 64, 3)
+
+    pose = _pose(env)
+    final = _node(env, "PCDMsAllStages", inpaint_model=m.demo, vae=m.vae, dino=m.dino, image=_image("src_b.png"),
+                  source_pose=pose, target_pose=pose, prior_model=m.prior, clip=m.clip, seed=0, width=64, height=64,
+                  inpaint_steps=1, batch_size=1)
+    assert [t for t in final.ui["text"] if "does not use the stage-1 prior or CLIP" in t]
+    loaded = {p.model.inner.__class__.__name__ for call in env.mm.load_calls for p in call}
+    assert "PriorTransformer" not in loaded  # the unused prior was never brought to the device

@@ -22,6 +22,7 @@ from .defaults import OFFICIAL_SIZE, stage_defaults
 from .loop import (
     StepCallback,
     broadcast,
+    check_count,
     check_finite,
     check_finite_input,
     check_guidance,
@@ -74,9 +75,13 @@ def size_multiple(model: InpaintModel, vae) -> int:
 def prepare_canvases(source, source_pose, target_pose, size: tuple[int, int]):
     """The official stage-2 canvases as uint8: [source | black] and [source pose | target pose].
 
-    Every input is stretched to ``size`` = (W, H) with PIL bicubic, as the official scripts do.
+    Every input is stretched to ``size`` = (W, H) with PIL bicubic, as the official scripts do (pose images that
+    the stretch distorts a lot give a ``PCDMsWarning``; the source is checked where it is encoded).
     """
-    src, sp, tp = (im.resize_u8(im.as_uint8_batch(x), size) for x in (source, source_pose, target_pose))
+    src, sp, tp = (im.as_uint8_batch(x) for x in (source, source_pose, target_pose))
+    for name, poses in (("source pose image", sp), ("target pose image", tp)):
+        im.warn(im.size_warnings(im.image_size(poses), size, name))
+    src, sp, tp = (im.resize_u8(x, size) for x in (src, sp, tp))
     batch = common_batch(("source images", len(src)), ("source poses", len(sp)), ("target poses", len(tp)))
     src = broadcast(src, batch, "source image")
     masked = im.side_by_side(src, torch.zeros_like(src))
@@ -135,6 +140,7 @@ def sample_inpaint(
     latents, both from ``generator``. ``masked_latents`` (already scaled) skips the first draw.
     """
     variant = model.variant
+    num_images = check_count(num_images)
     d = stage_defaults(variant)
     steps = check_steps(d.steps if steps is None else steps)
     guidance_scale = check_guidance(d.guidance_scale if guidance_scale is None else guidance_scale)

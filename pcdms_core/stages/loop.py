@@ -75,15 +75,20 @@ UNET_SCHEDULERS: tuple[str, ...] = (
 )
 
 
-def make_scheduler(name: str, family: str = "sd21"):
-    """A fresh scheduler by name, with the betas of ``family`` ("sd21" for the UNets, "prior")."""
-    name = name.lower()
+def check_scheduler(name, family: str = "sd21") -> str:
+    """A scheduler name the stage family ("sd21" for the UNets, "prior") accepts, lower-cased."""
     allowed = PRIOR_SCHEDULERS if family == "prior" else UNET_SCHEDULERS
-    if name not in allowed:
+    if not isinstance(name, str) or name.lower() not in allowed:
         raise InputError(
             f"unknown scheduler {name!r} for the {'prior' if family == 'prior' else 'UNet stages'}; "
             f"choose one of: {', '.join(allowed)}"
         )
+    return name.lower()
+
+
+def make_scheduler(name: str, family: str = "sd21"):
+    """A fresh scheduler by name, with the betas of ``family`` ("sd21" for the UNets, "prior")."""
+    name = check_scheduler(name, family)
     base = PRIOR_BETAS if family == "prior" else SD21_BASE_BETAS
     return glue.make_scheduler_instance(name, {**base, **SCHEDULER_SETTINGS[name]})
 
@@ -285,3 +290,38 @@ def check_steps(steps: int) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError(f"steps must be a positive integer, got {steps!r}")
     return steps
+
+
+MAX_IMAGES = 4096  # images per source in one call: far beyond any memory, so a typo is caught before it runs
+
+
+def check_count(num_images, what: str = "number of images per source") -> int:
+    if isinstance(num_images, bool) or not isinstance(num_images, numbers.Integral) or not 1 <= num_images <= MAX_IMAGES:
+        raise InputError(f"the {what} must be a whole number from 1 to {MAX_IMAGES}, got {num_images!r}")
+    return int(num_images)
+
+
+def check_stage_settings(variant: str, *, steps=None, guidance_scale=None, scheduler=None, guidance_rescale=None,
+                         strength=None, num_images=1, seed=None) -> None:
+    """Every setting of one stage (``variant``: "prior", "paper", "noprior" or "refine"; None: the official
+    default), checked as its sampler checks it: callable before any model is loaded, which is what the nodes
+    and the command line do, so a bad value costs no loading."""
+    from ..seeding import as_generator
+    from .defaults import stage_defaults
+
+    d = stage_defaults(variant)
+    steps = check_steps(d.steps if steps is None else steps)
+    check_guidance(d.guidance_scale if guidance_scale is None else guidance_scale)
+    if guidance_rescale is not None:
+        check_guidance(guidance_rescale, "guidance rescale")
+    family = "prior" if variant == "prior" else "sd21"
+    name = check_scheduler(d.scheduler if scheduler is None else scheduler, family)
+    if family == "prior" and name == "unclip" and steps < 2:
+        raise InputError(
+            f"the UnCLIP scheduler needs at least 2 steps (got {steps}); use 2 or more, or the ddim / ddpm scheduler"
+        )
+    if strength is not None:
+        check_strength(strength)
+    check_count(num_images)
+    if not isinstance(seed, torch.Generator):
+        as_generator(seed)

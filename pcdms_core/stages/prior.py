@@ -15,6 +15,7 @@ from .defaults import stage_defaults
 from .loop import (
     StepCallback,
     broadcast,
+    check_count,
     check_finite,
     check_finite_input,
     check_guidance,
@@ -67,6 +68,7 @@ def sample_prior(
     defaults to ``generator``; the official pipeline drew that noise from torch's global RNG).
     """
     d = stage_defaults("prior")
+    num_images = check_count(num_images)
     steps = check_steps(d.steps if steps is None else steps)
     guidance_scale = check_guidance(d.guidance_scale if guidance_scale is None else guidance_scale)
     scheduler = scheduler or d.scheduler

@@ -24,6 +24,7 @@ from .defaults import OFFICIAL_SIZE, stage_defaults
 from .loop import (
     StepCallback,
     broadcast,
+    check_count,
     check_finite,
     check_finite_input,
     check_guidance,
@@ -76,7 +77,7 @@ def sample_refine(
     """Refine ``coarse`` (stage 2's target half, any image form) into ``[N, 3, H, W]`` images.
 
     ``coarse`` is stretched to ``size`` = (W, H) with PIL bicubic on 8-bit pixels, as the official batch
-    test does with the PNG stage 2 wrote. Randomness, in the official order: the VAE posterior sample of the
+    test does with the PNG stage 2 wrote (of another size, with a ``PCDMsWarning``). Randomness, in the official order: the VAE posterior sample of the
     coarse image, then the initial latents, both from ``generator``. ``coarse_latents`` (already scaled)
     skips the first draw (see ``encode_coarse``); ``decode=False`` returns only the latents. With several
     coarse images and ``num_images`` > 1, each coarse image gets ``num_images`` refinements, in order.
@@ -86,6 +87,7 @@ def sample_refine(
     steps (img2img, as diffusers counts it); ``latents`` is then the noise that is added.
     """
     d = stage_defaults("refine")
+    num_images = check_count(num_images)
     steps = check_steps(d.steps if steps is None else steps)
     strength = check_strength(strength)
     guidance_scale = check_guidance(d.guidance_scale if guidance_scale is None else guidance_scale)
@@ -95,7 +97,9 @@ def sample_refine(
     device, dtype = model_device_dtype(model)
     gen = as_generator(generator)
 
-    coarse_u8 = im.resize_u8(im.as_uint8_batch(coarse), size)
+    coarse_u8 = im.as_uint8_batch(coarse)
+    im.warn(im.resize_back_warnings(im.image_size(coarse_u8), size, "image to refine"))
+    coarse_u8 = im.resize_u8(coarse_u8, size)
     batch = coarse_u8.shape[0]
     check_tokens(model.image_proj, source_tokens)
     tokens = broadcast(source_tokens, batch, "source token").to(device, dtype)
