@@ -117,6 +117,31 @@ INPUTS = {
     "pose_photo": "pcdms_example_pose_photo.png",
 }
 SIZES = {"Note": (400, 330), "LoadImage": (300, 330), "SaveImage": (330, 380), "PreviewImage": (300, 280)}
+WIDTH = 320
+SLOT, WIDGET = 20, 24  # the frontend's height of an input/output row and of a widget row (with its margin)
+TITLE, GAP = 30, 30  # a node's title bar sits above its pos; the space left between two nodes of a column
+
+
+def _registry_ids() -> dict:
+    """The node properties current ComfyUI writes to say which package a node comes from."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {
+        "ours": {"cnr_id": project["name"], "ver": project["version"]},
+        "core": {"cnr_id": "comfy-core", "ver": "0.3.64"},
+        "aux": {"cnr_id": "comfyui_controlnet_aux", "aux_id": "Fannovel16/comfyui_controlnet_aux"},
+    }
+
+
+REGISTRY = _registry_ids()
+AUX_NODES = {"DWPreprocessor"}
+
+
+def origin(type_: str) -> dict:
+    if type_.startswith("PCDMs"):
+        return REGISTRY["ours"]
+    return REGISTRY["aux"] if type_ in AUX_NODES else REGISTRY["core"]
 
 
 class Graph:
@@ -128,8 +153,8 @@ class Graph:
 
     def node(self, type_: str, col: int, row: int, title: str | None = None, **widgets) -> dict:
         node = {"id": len(self.nodes) + 1, "type": type_, "pos": [40 + col * 440, 40 + row * 190],
-                "size": list(SIZES.get(type_, (320, 150))), "flags": {}, "order": 0, "mode": 0,
-                "inputs": [], "outputs": [], "properties": {"Node name for S&R": type_}}
+                "size": list(SIZES.get(type_, (WIDTH, 0))), "flags": {}, "order": 0, "mode": 0,
+                "inputs": [], "outputs": [], "properties": {**origin(type_), "Node name for S&R": type_}}
         if title:
             node["title"] = title
         if type_ == "Note":
@@ -158,6 +183,9 @@ class Graph:
         if widgets:
             raise KeyError(f"{type_} has no widgets {sorted(widgets)}")
         node["widgets_values"] = values
+        if not node["size"][1]:  # tall enough for its sockets and widgets, as the frontend draws them
+            rows = max(len(node["inputs"]), len(node["outputs"]))
+            node["size"][1] = rows * SLOT + len(widget_inputs(info)) * WIDGET + 16
         self.nodes.append(node)
         return node
 
@@ -170,7 +198,21 @@ class Graph:
         src["outputs"][out_slot]["links"].append(link_id)
         dst["inputs"][in_slot]["link"] = link_id
 
+    def stack(self) -> None:
+        """Each column top to bottom in the order of the requested rows, every node below the one above it
+        (its title bar included) so that no node hides another's widgets."""
+        columns: dict[int, list[dict]] = {}
+        for n in self.nodes:
+            columns.setdefault(n["pos"][0], []).append(n)
+        for column in columns.values():
+            bottom = None
+            for n in sorted(column, key=lambda n: n["pos"][1]):
+                if bottom is not None:
+                    n["pos"][1] = max(n["pos"][1], bottom + GAP + TITLE)
+                bottom = n["pos"][1] + n["size"][1]
+
     def to_json(self) -> dict:
+        self.stack()
         # execution order: a node after everything it reads from
         deps = {n["id"]: {l[1] for l in self.links if l[3] == n["id"]} for n in self.nodes}
         order, done = [], set()

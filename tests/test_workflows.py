@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 import comfy_stub
-from workflow_tools import WORKFLOWS, check_workflow, load_workflows, offline_object_info, ui_to_api
+from workflow_tools import (
+    WORKFLOWS, check_workflow, load_workflows, node_rect, offline_object_info, overlapping_nodes, ui_to_api,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE_AND_AUX = {"LoadImage", "VAELoader", "SaveImage", "PreviewImage", "ImageScale", "ImageSharpen", "DWPreprocessor", "Note"}
@@ -46,6 +48,47 @@ def test_workflow_is_sound(object_info, name):
     notes = " ".join(n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "Note")
     prefix = "demo_models/" if name.endswith("_demo_models") else "models/"
     assert all(f"{prefix}{folder}/" in notes for folder in ("pcdms", "clip_vision", "vae")), notes
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_nodes_do_not_overlap(object_info, name):
+    """No node covers another (title bars included), and each is tall enough for its sockets and widgets."""
+    wf = load_workflows()[name]
+    assert overlapping_nodes(wf) == []
+    for node in wf["nodes"]:
+        info = object_info.get(node["type"])
+        if info is None:
+            continue
+        widgets = len(node.get("widgets_values") or [])
+        rows = max(len(node["inputs"]), len(node["outputs"]))
+        assert node["size"][1] >= rows * 20 + widgets * 20, (name, node["type"], node["size"])
+
+
+def test_overlap_check_sees_a_title_bar():
+    below = {"id": 2, "pos": [0, 120], "size": [100, 50]}
+    assert overlapping_nodes({"nodes": [{"id": 1, "pos": [0, 0], "size": [100, 100]}, below]}) == [(1, 2)]
+    assert node_rect(below) == (0, 90, 100, 170)
+    below["pos"] = [0, 131]
+    assert overlapping_nodes({"nodes": [{"id": 1, "pos": [0, 0], "size": [100, 100]}, below]}) == []
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_nodes_say_which_package_they_come_from(name):
+    """cnr_id (registry id) or aux_id on every node, as current ComfyUI saves workflows."""
+    import tomllib
+
+    ours = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    for node in load_workflows()[name]["nodes"]:
+        props = node["properties"]
+        if node["type"] == "Note":
+            continue
+        if node["type"].startswith("PCDMs"):
+            assert props["cnr_id"] == ours, node
+        elif node["type"] == "DWPreprocessor":
+            assert props["cnr_id"] == "comfyui_controlnet_aux", node
+            assert props["aux_id"] == "Fannovel16/comfyui_controlnet_aux", node
+        else:
+            assert props["cnr_id"] == "comfy-core", node
 
 
 def test_conversion_to_the_api_format(object_info):

@@ -151,3 +151,23 @@ def offline_object_info(pack) -> dict:
         entry = comfy_stub.object_info(cls)
         info[entry["name"]] = entry
     return info
+
+
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos
+
+
+def node_rect(node: dict) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of a node as drawn: its size below pos, its title bar above."""
+    (x, y), (w, h) = node["pos"], node["size"]
+    return x, y - TITLE_HEIGHT, x + w, y + h
+
+
+def overlapping_nodes(workflow: dict) -> list[tuple[int, int]]:
+    """Pairs of node ids whose drawn rectangles overlap (one would hide the other's widgets)."""
+    rects = [(n["id"], node_rect(n)) for n in workflow["nodes"]]
+    pairs = []
+    for i, (a, (l1, t1, r1, b1)) in enumerate(rects):
+        for b, (l2, t2, r2, b2) in rects[i + 1:]:
+            if l1 < r2 and l2 < r1 and t1 < b2 and t2 < b1:
+                pairs.append((a, b))
+    return pairs
