@@ -602,3 +602,54 @@ class PCDMsVAEDecode(io.ComfyNode):
 
 
 NODES = [PCDMsNativeLoader, PCDMsInpaintConditioning, PCDMsRefineConditioning, PCDMsCropTarget, PCDMsVAEDecode]
+
+
+# --- ComfyUI's own image encoders ------------------------------------------------------------------------------------
+
+def _encoder_hints(clip_vision) -> dict:
+    """What the weights do not tell (heads, layer-norm eps, activation), read from ComfyUI's built model, so
+    models of any size work, not only the standard ones."""
+    hints: dict = {}
+    for module in clip_vision.model.modules():
+        if "num_attention_heads" not in hints and isinstance(getattr(module, "heads", None), int):
+            hints["num_attention_heads"] = module.heads
+        if "layer_norm_eps" not in hints and isinstance(module, torch.nn.LayerNorm):
+            hints["layer_norm_eps"] = float(module.eps)
+        activation = getattr(module, "activation", None)
+        if "hidden_act" not in hints and activation is not None:
+            import comfy.clip_model
+
+            names = [k for k, v in getattr(comfy.clip_model, "ACTIVATIONS", {}).items() if v is activation]
+            if names:
+                hints["hidden_act"] = names[0]
+    return hints
+
+
+def encoder_from_clip_vision(clip_vision, kind: str):
+    """A core ``CLIP_VISION`` (Load CLIP Vision: CLIP ViT-H/14, or DINOv2-giant where ComfyUI loads it) as the
+    ``ManagedModel`` our stages take: the same weights (shared, not copied) in PCDMs' own encoder, so PCDMs'
+    preprocessing and features are exactly those of our loaders. Made once per CLIP_VISION object."""
+    from pathlib import Path
+
+    from ..pcdms_core.loading.encoders import image_encoder_from_weights
+    from ..pcdms_core.loading.weights import WeightFile
+    from .bridge import ManagedModel
+
+    cached = getattr(clip_vision, "_pcdms_encoder", None)
+    if cached is not None and cached.kind == kind:
+        return cached
+    if not hasattr(clip_vision, "get_sd"):
+        raise InputError("connect a CLIP_VISION from Load CLIP Vision, or the PCDMs loader's output, here")
+    tensors = {k: v.detach() for k, v in clip_vision.get_sd().items()}
+    name = "CLIP_VISION from Load CLIP Vision"
+    weights = WeightFile.from_tensors(Path(name), tensors)
+    wanted = {"clip": "CLIP ViT-H/14 (the prior's encoder)", "dinov2": "DINOv2-giant (the stages' encoder)"}[kind]
+    try:
+        # ComfyUI keeps some layers in float32 and casts them as it runs; ours run in its choice for the role
+        dtype = getattr(clip_vision, "dtype", None) or mm.text_encoder_dtype(mm.text_encoder_device())
+        encoder = image_encoder_from_weights(weights, kind, config=_encoder_hints(clip_vision), dtype=dtype)
+    except CheckpointError as exc:
+        raise InputError(f"the CLIP_VISION connected to {kind} is not {wanted}: {exc}") from None
+    managed = ManagedModel.wrap(encoder, "clip" if kind == "clip" else "dinov2", name, dtype)
+    clip_vision._pcdms_encoder = managed
+    return managed

@@ -404,6 +404,9 @@ def build(out_dir: Path = WORKFLOWS) -> list[Path]:
             path.write_text(json.dumps(wf, indent=1) + "\n")
             thumbnail(name, models, out_dir / f"{name}{models.suffix}.jpg")
             written.append(path)
+    import build_native_workflows  # the native-path templates (KSampler on stages 2 and 3)
+
+    written += build_native_workflows.write(info, out_dir)
     return written
 
 

@@ -14,8 +14,10 @@ from workflow_tools import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE_AND_AUX = {"LoadImage", "VAELoader", "SaveImage", "PreviewImage", "ImageScale", "ImageSharpen", "DWPreprocessor", "Note"}
-BASE = {"pcdms_paper_three_stages", "pcdms_demo_checkpoint", "pcdms_dwpose_target_pose", "pcdms_stages_rewired"}
+CORE_AND_AUX = {"LoadImage", "VAELoader", "SaveImage", "PreviewImage", "ImageScale", "ImageSharpen", "DWPreprocessor", "Note",
+                "KSampler", "KSamplerAdvanced", "VAEDecode"}
+BASE = {"pcdms_paper_three_stages", "pcdms_demo_checkpoint", "pcdms_dwpose_target_pose", "pcdms_stages_rewired",
+        "pcdms_native_ksampler"}
 EXPECTED = BASE | {name + "_demo_models" for name in BASE}
 
 

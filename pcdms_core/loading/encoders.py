@@ -166,6 +166,23 @@ def load_image_encoder(
     """
     path = Path(path)
     weights, config_path = _resolve(path)
+    if config is None and config_path is not None:
+        config = _config_hints(config_path)
+    return image_encoder_from_weights(weights, kind, config=config, dtype=dtype, device=device)
+
+
+def image_encoder_from_weights(
+    weights: WeightFile,
+    kind: Optional[str] = None,
+    *,
+    config: Optional[dict] = None,
+    dtype: Optional[torch.dtype] = torch.float32,
+    device=None,
+) -> ImageEncoder:
+    """``load_image_encoder`` for weights already open (for example another program's loaded model, given with
+    ``WeightFile.from_tensors``): the same checks, sizes and defaults. ``dtype=None`` keeps the tensors as they
+    are (no copy where they need no cast)."""
+    path = weights.path
     found = sniff_encoder_kind(weights)
     if found is None:
         raise CheckpointError(
@@ -180,8 +197,6 @@ def load_image_encoder(
         )
     if config is not None:
         hints = dict(config)
-    elif config_path is not None:
-        hints = _config_hints(config_path)
     else:
         hints = json.loads(weights.metadata.get("pcdms.config", "{}"))  # our own files carry their config
     read = clip_config_from_weights if found == "clip" else dinov2_config_from_weights

@@ -152,4 +152,29 @@ finally:
     mm.load_models_gpu = real_load
 report["partial"] = {"budget": int(budget), "cast_modules": cast, "rel": rel(part, whole),
                      "loaded_bytes": int(partial_model.model.model_loaded_weight_memory)}
+
+# Core Load CLIP Vision's models in PCDMs Encode Source: the same features as our loaders on the same weights.
+import comfy.clip_vision  # noqa: E402
+import comfy.utils  # noqa: E402
+
+features = {}
+for kind, name in (("clip", "CLIP-ViT-H-14-laion2B-s32B-b79K"), ("dinov2", "dinov2-giant")):
+    path = folder_paths.get_full_path("clip_vision", name + ".safetensors")
+    cv = comfy.clip_vision.ClipVisionModel(str(Path(path).with_suffix(".json")))
+    cv.load_sd(comfy.utils.load_torch_file(path))
+    features[kind] = (N.encoder_from_clip_vision(cv, kind), core.load_image_encoder(path, dtype=cv.dtype))
+comfy_dino, our_dino = features["dinov2"]
+comfy_clip, our_clip = features["clip"]
+image = torch.rand(2, 3, 60, 44, generator=g)
+a = core.encode_source(image, comfy_dino.patcher.model.inner, comfy_clip.patcher.model.inner, size=SIZE)
+b = core.encode_source(image, our_dino, our_clip, size=SIZE)
+report["clip_vision"] = {"dtype": str(cv.dtype), "tokens": rel(a.tokens, b.tokens), "clip": rel(a.clip_embedding, b.clip_embedding),
+                         "shared": comfy_dino.patcher.model.inner.model.state_dict()["embeddings.cls_token"].data_ptr()
+                         == cv.get_sd()["embeddings.cls_token"].data_ptr()}
+dino_json = str(Path(folder_paths.get_full_path("clip_vision", "dinov2-giant.safetensors")).with_suffix(".json"))
+try:
+    N.encoder_from_clip_vision(comfy.clip_vision.ClipVisionModel(dino_json), "clip")
+    report["clip_vision"]["wrong_kind"] = None
+except Exception as exc:  # noqa: BLE001 - the message is what is checked
+    report["clip_vision"]["wrong_kind"] = f"{type(exc).__name__}: {exc}"
 print(json.dumps(report))

@@ -50,3 +50,34 @@ def test_partial_load_gives_the_whole_load_result(report):
     part = report["partial"]
     assert part["cast_modules"] > 0 and part["loaded_bytes"] <= part["budget"]
     assert part["rel"] < 1e-5, part
+
+
+@pytest.mark.parametrize("name, size", [("pcdms_native_ksampler", 32), ("pcdms_native_ksampler_demo_models", 64)])
+def test_native_workflow_runs(server, object_info, name, size):
+    """KSampler on PCDMs stages 2 and 3, from the shipped template: the official one on tiny models saved under the
+    official names (at a small working size), the demo one as shipped."""
+    from PIL import Image
+
+    from workflow_tools import check_workflow, load_workflows, ui_to_api
+
+    workflow = load_workflows()[name]
+    assert check_workflow(workflow, object_info) == []
+    prompt = ui_to_api(workflow, object_info)
+    for node in prompt.values():
+        if node["class_type"] == "PCDMsEncodeSource":
+            node["inputs"].update(width=size, height=size)
+    entry = server.wait(server.queue(prompt))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    saved = [img for out in entry["outputs"].values() for img in out.get("images", []) if img["type"] == "output"]
+    assert len(saved) == 1
+    image = Image.open(server.base / "output" / saved[0]["subfolder"] / saved[0]["filename"])
+    assert image.size == (size, size)
+
+
+def test_core_clip_vision_gives_our_loaders_features(report):
+    """Encode Source takes Load CLIP Vision's models: PCDMs' preprocessing and forward on the same weights (shared,
+    in ComfyUI's dtype for the role), so the features equal our loaders' at that dtype."""
+    cv = report["clip_vision"]
+    assert cv["tokens"] < 1e-5 and cv["clip"] < 1e-5, cv
+    assert cv["shared"], "the encoder should use ComfyUI's tensors, not a copy"
+    assert "is DINOv2" in cv["wrong_kind"] and "CLIP" in cv["wrong_kind"], cv["wrong_kind"]
