@@ -103,8 +103,11 @@ class PCDMsEncodeSource(io.ComfyNode):
             ),
             inputs=[
                 io.Image.Input("image", tooltip="The source person (a batch gives one source per image)."),
-                PcdmsDino.Input("dino", tooltip="From PCDMs DINOv2 Loader."),
-                PcdmsClip.Input("clip", optional=True, tooltip="From PCDMs CLIP Vision Loader; needed by the prior."),
+                io.MultiType.Input("dino", types=[PcdmsDino, io.ClipVision],
+                                   tooltip="DINOv2-giant: from PCDMs DINOv2 Loader, or core Load CLIP Vision."),
+                io.MultiType.Input("clip", types=[PcdmsClip, io.ClipVision], optional=True,
+                                   tooltip="CLIP ViT-H/14, needed by the prior: from PCDMs CLIP Vision Loader, or core "
+                                           "Load CLIP Vision (clip_vision_h.safetensors)."),
                 io.Int.Input("width", default=OFFICIAL_SIZE[0], min=8, max=2048, step=8,
                              tooltip="Working width of one half of the canvas, a multiple of 8 (official: 512)."),
                 io.Int.Input("height", default=OFFICIAL_SIZE[1], min=8, max=2048, step=8,
@@ -121,6 +124,10 @@ class PCDMsEncodeSource(io.ComfyNode):
 
 
 def _encoder(model: Optional[ManagedModel], kind: str) -> Optional[ManagedModel]:
+    if model is not None and not isinstance(model, ManagedModel) and hasattr(model, "get_sd"):
+        from .native import encoder_from_clip_vision  # core Load CLIP Vision's model
+
+        return encoder_from_clip_vision(model, kind)
     if model is not None and (not isinstance(model, ManagedModel) or model.kind != kind):
         want = {"clip": "PCDMs CLIP Vision Loader", "dinov2": "PCDMs DINOv2 Loader"}[kind]
         raise InputError(f"connect the output of {want} here")
@@ -361,12 +368,15 @@ class PCDMsAllStages(io.ComfyNode):
             inputs=[
                 PcdmsModel.Input("inpaint_model", tooltip="Stage-2 checkpoint (paper or no-prior)."),
                 _vae_input(),
-                PcdmsDino.Input("dino", tooltip="From PCDMs DINOv2 Loader."),
+                io.MultiType.Input("dino", types=[PcdmsDino, io.ClipVision],
+                                   tooltip="DINOv2-giant: from PCDMs DINOv2 Loader, or core Load CLIP Vision."),
                 io.Image.Input("image", tooltip="The source person."),
                 PoseKeypoint.Input("source_pose", tooltip="Keypoints of the source person."),
                 PoseKeypoint.Input("target_pose", tooltip="Keypoints of the wanted pose."),
                 PcdmsModel.Input("prior_model", optional=True, tooltip="Stage-1 checkpoint (needed by the paper stage 2)."),
-                PcdmsClip.Input("clip", optional=True, tooltip="CLIP ViT-H/14 (needed with the prior)."),
+                io.MultiType.Input("clip", types=[PcdmsClip, io.ClipVision], optional=True,
+                                   tooltip="CLIP ViT-H/14 (needed with the prior): PCDMs CLIP Vision Loader or core "
+                                           "Load CLIP Vision."),
                 PcdmsModel.Input("refine_model", optional=True, tooltip="Stage-3 checkpoint; without it the coarse image is returned."),
                 _seed(),
                 io.Int.Input("width", default=OFFICIAL_SIZE[0], min=8, max=2048, step=8, tooltip="Working width per half (official: 512)."),

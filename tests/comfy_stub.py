@@ -105,7 +105,7 @@ def _make_io() -> types.ModuleType:
     io = types.ModuleType("comfy_api.latest.io")
     for name, io_type in [("Int", "INT"), ("Float", "FLOAT"), ("String", "STRING"), ("Boolean", "BOOLEAN"),
                           ("Combo", "COMBO"), ("Image", "IMAGE"), ("Mask", "MASK"), ("Vae", "VAE"), ("Latent", "LATENT"),
-                          ("Model", "MODEL"), ("Conditioning", "CONDITIONING")]:
+                          ("Model", "MODEL"), ("Conditioning", "CONDITIONING"), ("ClipVision", "CLIP_VISION")]:
         setattr(io, name, _comfytype(io_type))
     io.Custom = _comfytype
     io.MultiType = types.SimpleNamespace(Input=_multi_input)

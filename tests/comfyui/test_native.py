@@ -79,5 +79,6 @@ def test_core_clip_vision_gives_our_loaders_features(report):
     in ComfyUI's dtype for the role), so the features equal our loaders' at that dtype."""
     cv = report["clip_vision"]
     assert cv["tokens"] < 1e-5 and cv["clip"] < 1e-5, cv
+    assert cv["node_tokens"] < 1e-5 and cv["node_clip"] < 1e-5, cv  # PCDMs Encode Source, either way
     assert cv["shared"], "the encoder should use ComfyUI's tensors, not a copy"
     assert "is DINOv2" in cv["wrong_kind"] and "CLIP" in cv["wrong_kind"], cv["wrong_kind"]
