@@ -205,11 +205,15 @@ def _build_classes() -> types.SimpleNamespace:
         supported_inference_dtypes = [torch.float16, torch.bfloat16, torch.float32]
 
 
-    def _latent_format(scale: float):
-        """ComfyUI's SD latent format (previews included) for the SD 2.1 VAE's scale, else one with ``scale``."""
+    def _latent_format(scale: float, rgb=None):
+        """ComfyUI's SD latent format (previews included) for the SD 2.1 VAE's scale, else one with ``scale`` and
+        the preview colours ``rgb`` (factors, bias) fitted to its VAE, when known."""
         if abs(scale - SD_LATENT_SCALE) < 1e-6:
             return comfy.latent_formats.SD15
-        return type("PCDMsLatent", (comfy.latent_formats.LatentFormat,), {"scale_factor": scale})
+        factors, bias = rgb if rgb is not None else (None, None)
+        return type("PCDMsLatent", (comfy.latent_formats.LatentFormat,),
+                    {"scale_factor": scale, "latent_rgb_factors": factors, "latent_rgb_factors_bias": bias,
+                     "taesd_decoder_name": None})
 
 
     class PCDMsNativeModel(comfy.model_base.BaseModel):
@@ -270,13 +274,24 @@ def comfy_classes() -> types.SimpleNamespace:
 
 # --- loading ---------------------------------------------------------------------------------------------------------
 
-def _latent_scale(path: str, metadata: dict) -> float:
+_DEMO_PREVIEW: list = []
+
+
+def _latent_space(path: str, metadata: dict) -> tuple[float, Optional[tuple]]:
+    """The latent scale the stage file was trained with, and preview colours for it when they differ from SD's:
+    a file's own ``pcdms.latent_scale`` metadata, the demo VAE's for the bundled demo models (previews fitted to
+    it once), else the SD 2.1 VAE's."""
     if "pcdms.latent_scale" in metadata:
-        return float(metadata["pcdms.latent_scale"])
+        return float(metadata["pcdms.latent_scale"]), None
     if is_demo_file(path):
         vae_meta = open_weights(demo_file("vae")).metadata
-        return float(json.loads(vae_meta["pcdms.config"])["scaling_factor"])
-    return SD_LATENT_SCALE
+        if not _DEMO_PREVIEW:
+            from ..pcdms_core.loading.vae import load_vae
+            from ..pcdms_core.networks.preview import latent_rgb_factors
+
+            _DEMO_PREVIEW.append(latent_rgb_factors(load_vae(demo_file("vae"))))
+        return float(json.loads(vae_meta["pcdms.config"])["scaling_factor"]), _DEMO_PREVIEW[0]
+    return SD_LATENT_SCALE, None
 
 
 def _map_unet(sd: dict, unet_config: dict) -> dict:
@@ -325,7 +340,7 @@ def load_native(path: str, weight_dtype: str = "default"):
     import comfy.model_patcher
 
     c = comfy_classes()
-    config_cls = type("PCDMsStage", (c.Config,), {"latent_format": c.latent_format(_latent_scale(str(info.path), metadata))})
+    config_cls = type("PCDMsStage", (c.Config,), {"latent_format": c.latent_format(*_latent_space(str(info.path), metadata))})
     supported = c.Config.supported_inference_dtypes
     load_device = mm.get_torch_device()
     dtype = WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(model_params=params, supported_dtypes=supported,

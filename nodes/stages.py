@@ -240,7 +240,7 @@ def run_inpaint(model, vae, source: SourceFeatures, *, embedding=None, source_po
     result = sample_inpaint(
         model.patcher.model.inner, vae_model, source.pixels, sp, tp, source.tokens, embedding, size=source.size,
         steps=steps, guidance_scale=cfg, scheduler=scheduler,
-        generator=seed, num_images=batch_size, callback=step_callback(),
+        generator=seed, num_images=batch_size, callback=step_callback(vae=vae),
     )
     return result
 
@@ -310,7 +310,7 @@ def run_refine(model, vae, source: SourceFeatures, coarse, *, seed, steps, cfg, 
     return sample_refine(
         model.patcher.model.inner, vae_model, coarse, tokens, size=source.size, steps=steps, guidance_scale=cfg,
         guidance_rescale=rescale, scheduler=scheduler, generator=seed,
-        strength=strength, callback=step_callback(),
+        strength=strength, callback=step_callback(vae=vae),
     ).images
 
 

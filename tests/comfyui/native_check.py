@@ -153,6 +153,14 @@ finally:
 report["partial"] = {"budget": int(budget), "cast_modules": cast, "rel": rel(part, whole),
                      "loaded_bytes": int(partial_model.model.model_loaded_weight_memory)}
 
+# The demo models' latent space: the demo VAE's scale, and preview colours fitted to it.
+from ComfyUI_PCDMs.pcdms_core.bundled import demo_file  # noqa: E402
+
+demo_format = N.load_native(str(demo_file("inpaint"))).model.latent_format
+report["demo_latent"] = {"scale": float(demo_format.scale_factor),
+                         "rgb_rows": len(demo_format.latent_rgb_factors or []),
+                         "vae_scale": float(core.load_vae(demo_file("vae")).config.scaling_factor)}
+
 # Core Load CLIP Vision's models in PCDMs Encode Source: the same features as our loaders on the same weights.
 import comfy.clip_vision  # noqa: E402
 import comfy.utils  # noqa: E402

@@ -82,3 +82,11 @@ def test_core_clip_vision_gives_our_loaders_features(report):
     assert cv["node_tokens"] < 1e-5 and cv["node_clip"] < 1e-5, cv  # PCDMs Encode Source, either way
     assert cv["shared"], "the encoder should use ComfyUI's tensors, not a copy"
     assert "is DINOv2" in cv["wrong_kind"] and "CLIP" in cv["wrong_kind"], cv["wrong_kind"]
+
+
+def test_demo_models_sample_in_the_demo_vae_latent_space(report):
+    """A native demo MODEL scales latents as the demo VAE does (so the LATENT holds that VAE's raw latents) and
+    previews them with colours fitted to it."""
+    demo = report["demo_latent"]
+    assert abs(demo["scale"] - demo["vae_scale"]) < 1e-6 and abs(demo["scale"] - 0.18215) > 1e-3, demo
+    assert demo["rgb_rows"] == 4, demo
