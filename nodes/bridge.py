@@ -20,6 +20,7 @@ import folder_paths
 import latent_preview
 
 from ..pcdms_core import images as core_images
+from ..pcdms_core.devices import cpu_has_fast_half
 from ..pcdms_core.errors import InputError
 from ..pcdms_core.bundled import DEMO_DIR
 from ..pcdms_core.networks.preview import latent_rgb_factors
@@ -105,11 +106,40 @@ def full_path(folder: str, name: str) -> str:
     return path
 
 
-def load_dtype(choice: str) -> torch.dtype:
-    """The loader's dtype: ComfyUI's choice for this device when "auto", otherwise the user's."""
+# The model roles, as ComfyUI assigns devices and dtypes: the diffusion networks (prior, UNets), the image encoders
+# (ComfyUI's text-encoder / CLIP-vision choice) and the VAE.
+ROLE_OF_KIND = {"prior": "unet", "inpaint": "unet", "refine": "unet", "clip": "encoder", "dinov2": "encoder",
+                "vae": "vae"}
+
+
+def role_devices(role: str) -> tuple[torch.device, torch.device]:
+    """(load device, offload device) that ComfyUI uses for models of ``role``."""
+    if role == "encoder":
+        return mm.text_encoder_device(), mm.text_encoder_offload_device()
+    if role == "vae":
+        return mm.vae_device(), mm.vae_offload_device()
+    return mm.get_torch_device(), mm.unet_offload_device()
+
+
+def load_dtype(choice: str, role: str = "unet") -> torch.dtype:
+    """The loader's dtype: the user's, or for "auto" ComfyUI's choice for the role on its device (so --bf16-unet,
+    --fp32-vae, --fp16-text-enc and the like apply). ComfyUI stores some models in half precision on a CPU and
+    computes them in fp32; our networks compute in their storage dtype, so there "auto" gives fp32 unless the
+    CPU has fast kernels for the half type."""
     if choice != "auto":
         return DTYPES[choice]
-    return mm.unet_dtype(mm.get_torch_device(), supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    device = role_devices(role)[0]
+    if role == "encoder":
+        dtype = mm.text_encoder_dtype(device)
+    elif role == "vae":
+        dtype = mm.vae_dtype(device, [torch.bfloat16, torch.float32])  # the SD VAE overflows in fp16
+    else:
+        dtype = mm.unet_dtype(device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        dtype = torch.float16  # fp8 storage choices: our networks compute in their storage dtype
+    if torch.device(device).type == "cpu" and dtype != torch.float32 and not cpu_has_fast_half(dtype):
+        return torch.float32
+    return dtype
 
 
 class ModelHolder(torch.nn.Module):
@@ -137,9 +167,10 @@ class ManagedModel:
 
     @classmethod
     def wrap(cls, model: torch.nn.Module, kind: str, name: str, dtype: torch.dtype, info: Any = None) -> "ManagedModel":
-        patcher = comfy.model_patcher.ModelPatcher(
-            ModelHolder(model, dtype), load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
-        )
+        """A ModelPatcher on the devices ComfyUI gives the model's role (``ROLE_OF_KIND``)."""
+        load_device, offload_device = role_devices(ROLE_OF_KIND.get(kind, "unet"))
+        patcher = comfy.model_patcher.ModelPatcher(ModelHolder(model, dtype), load_device=load_device,
+                                                   offload_device=offload_device)
         return cls(patcher=patcher, kind=kind, name=name, info=info)
 
     def load(self, memory_required: int = 0) -> torch.nn.Module:

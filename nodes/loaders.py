@@ -11,7 +11,8 @@ from .bridge import DTYPE_CHOICES, PCDMS_FOLDER, ManagedModel, full_path, load_d
 from .types import PcdmsClip, PcdmsDino, PcdmsModel, PcdmsVae
 
 CATEGORY = "PCDMs/loaders"
-DTYPE_TOOLTIP = "Weights dtype. auto: what ComfyUI picks for this device (fp32 on the CPU, fp16/bf16 on GPUs)."
+DTYPE_TOOLTIP = ("Weights dtype. auto: ComfyUI's choice for this kind of model on this device (it follows "
+                 "--bf16-unet, --fp32-vae, --fp16-text-enc and the like; fp32 on a CPU).")
 
 
 def _dtype_input() -> io.Combo.Input:
@@ -63,7 +64,7 @@ class _EncoderLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, encoder_name, dtype) -> io.NodeOutput:
-        dt = load_dtype(dtype)
+        dt = load_dtype(dtype, "encoder")
         encoder = load_image_encoder(full_path("clip_vision", encoder_name), cls.KIND, dtype=dt)
         return io.NodeOutput(ManagedModel.wrap(encoder, cls.KIND, encoder_name, dt))
 
@@ -139,7 +140,7 @@ class PCDMsVAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae_name, dtype) -> io.NodeOutput:
-        dt = load_dtype(dtype)
+        dt = load_dtype(dtype, "vae")
         vae = load_vae(full_path("vae", vae_name), dtype=dt)
         return io.NodeOutput(ManagedModel.wrap(vae, "vae", vae_name, dt))
 

@@ -648,7 +648,7 @@ def encoder_from_clip_vision(clip_vision, kind: str):
 
     from ..pcdms_core.loading.encoders import image_encoder_from_weights
     from ..pcdms_core.loading.weights import WeightFile
-    from .bridge import ManagedModel
+    from .bridge import ManagedModel, load_dtype
 
     cached = getattr(clip_vision, "_pcdms_encoder", None)
     if cached is not None and cached.kind == kind:
@@ -660,8 +660,8 @@ def encoder_from_clip_vision(clip_vision, kind: str):
     weights = WeightFile.from_tensors(Path(name), tensors)
     wanted = {"clip": "CLIP ViT-H/14 (the prior's encoder)", "dinov2": "DINOv2-giant (the stages' encoder)"}[kind]
     try:
-        # ComfyUI keeps some layers in float32 and casts them as it runs; ours run in its choice for the role
-        dtype = getattr(clip_vision, "dtype", None) or mm.text_encoder_dtype(mm.text_encoder_device())
+        # ComfyUI keeps some layers in float32 and casts as it runs; ours compute in its choice for the role
+        dtype = load_dtype("auto", "encoder")
         encoder = image_encoder_from_weights(weights, kind, config=_encoder_hints(clip_vision), dtype=dtype)
     except CheckpointError as exc:
         raise InputError(f"the CLIP_VISION connected to {kind} is not {wanted}: {exc}") from None

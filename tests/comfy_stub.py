@@ -131,6 +131,10 @@ class _ModelManagement(types.ModuleType):
         return torch.device("cpu")
 
     unet_offload_device = intermediate_device = get_torch_device
+    text_encoder_device = text_encoder_offload_device = vae_device = vae_offload_device = get_torch_device
+
+    def text_encoder_dtype(self, device=None):
+        return torch.float32
 
     def unet_dtype(self, device=None, supported_dtypes=(), **kw):
         return torch.float32

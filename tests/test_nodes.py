@@ -291,3 +291,25 @@ def test_pose_nodes(env):
     assert schema.inputs[0].options == ["pcdms_example_source_pose.json", "pcdms_example_target_pose.json",
                                         "pose_a.json", "pose_b.txt", "pose_t1.json"]
     assert env.nodes["PCDMsLoadPose"].validate_inputs(pose_file="missing.json").startswith("pose file not found")
+
+
+def test_auto_dtype_follows_comfyuis_choice_for_each_role(env, monkeypatch):
+    """"auto" asks ComfyUI for the model's role: the UNet choice for the networks, the text-encoder choice for the
+    image encoders, the VAE choice for the VAE; on a CPU without fast half kernels our networks compute in fp32."""
+    bridge = env.pack.nodes.bridge
+    gpu = torch.device("cuda")
+    for name in ("get_torch_device", "text_encoder_device", "vae_device"):
+        monkeypatch.setattr(env.mm, name, lambda *a, **k: gpu)
+    monkeypatch.setattr(env.mm, "unet_dtype", lambda *a, **k: torch.bfloat16)
+    monkeypatch.setattr(env.mm, "text_encoder_dtype", lambda *a, **k: torch.float16)
+    monkeypatch.setattr(env.mm, "vae_dtype", lambda *a, **k: torch.float32)
+    assert [bridge.load_dtype("auto", role) for role in ("unet", "encoder", "vae")] == [
+        torch.bfloat16, torch.float16, torch.float32]
+    assert bridge.load_dtype("fp16", "vae") == torch.float16  # the user's choice wins
+    cpu = torch.device("cpu")
+    for name in ("get_torch_device", "text_encoder_device", "vae_device"):
+        monkeypatch.setattr(env.mm, name, lambda *a, **k: cpu)
+    monkeypatch.setattr(bridge, "cpu_has_fast_half", lambda dtype: False)
+    assert bridge.load_dtype("auto", "unet") == torch.float32
+    monkeypatch.setattr(bridge, "cpu_has_fast_half", lambda dtype: True)
+    assert bridge.load_dtype("auto", "encoder") == torch.float16
