@@ -800,21 +800,86 @@ def paper_path(run: Run, models: Models, inputs: Inputs, dtype_name: str, host: 
 
 # --- ComfyUI's own sampler (nodes/native.py) -----------------------------------------------------------------------
 
-def native_check(args) -> dict | list[dict]:
-    """The native ComfyUI path on stage 2 (``nodes/native.py``: ComfyUI's KSampler driving our stage-2 UNet).
+def _import_pack():
+    """This repository as the ComfyUI package ComfyUI would import (``nodes/`` imports ``..pcdms_core``)."""
+    import importlib.util
 
-    Needs ComfyUI's source: ``--comfyui PATH`` (the folder holding ``comfy/``) is put on ``sys.path``. Returns a
-    row, or one per dtype: a dict with ``note`` and, where measured, ``dtype``, ``finite``, ``ours_ms``,
-    ``bare_ms``, ``peak_mib``, ``weights_mib``, ``err_vs_fp32`` (shown in the table and the JSON as the other
-    stages' are; ``finite`` False fails the run). Not written yet beyond finding ComfyUI."""
+    name = "ComfyUI_PCDMs_gpu_check"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules[name] = pack
+    spec.loader.exec_module(pack)
+    return pack
+
+
+def native_check(run: Run) -> dict | list[dict]:
+    """The native ComfyUI path on stage 2 (``nodes/native.py``): ComfyUI's own sampler (``comfy.sample.sample``,
+    what KSampler calls: euler, normal schedule, ``--steps`` steps, the run's guidance) driving our paper stage-2
+    UNet rebuilt as a ComfyUI model, under ComfyUI's model management, one row per dtype: finite, milliseconds per
+    step (after a warm-up run) and peak memory of the sampling.
+
+    Needs ComfyUI's source importable with its requirements (torchvision among them): ``--comfyui PATH`` (the
+    folder holding ``comfy/``) is put on ``sys.path``."""
+    args = run.args
     if args.comfyui:
         sys.path.insert(0, str(Path(args.comfyui).resolve()))
     try:
-        import comfy  # noqa: F401
+        import comfy.cli_args
     except ImportError:
         return {"finite": None, "note": NATIVE_SKIPPED}
-    return {"finite": None, "note": f"skipped: ComfyUI found ({Path(comfy.__path__[0]).parent}), the KSampler "
-                                    "check is not written yet"}
+    comfy.cli_args.args.cpu = not run.cuda
+    try:
+        import comfy.model_management as mm
+        import comfy.sample
+
+        native = _import_pack().nodes.native
+    except ImportError as exc:
+        return {"finite": None, "note": f"skipped: ComfyUI's source was found but does not import ({exc}); it needs "
+                                        "its requirements.txt installed (torchvision included)"}
+    torch = run.torch
+    from pcdms_core.stages.conditions import StageConditions
+
+    models = Models(args.size, "cpu")  # ComfyUI moves it where it decides
+    half, f = models.half, models.vae_factor
+    g = torch.Generator().manual_seed(0)
+    h, w = half // f, half // f
+    conds = StageConditions(
+        context=torch.randn(1, 258, models.unet["inpaint"]["cross_attention_dim"], generator=g),
+        uncond_context=torch.zeros(1, 258, models.unet["inpaint"]["cross_attention_dim"]),
+        concat=torch.cat([torch.ones(1, 1, h, 2 * w), torch.randn(1, 4, h, 2 * w, generator=g)], dim=1),
+        uncond_concat=torch.cat([torch.ones(1, 1, h, 2 * w), torch.randn(1, 4, h, 2 * w, generator=g)], dim=1),
+        latent_shape=(1, 4, h, 2 * w), pose=torch.rand(1, 3, half, 2 * half, generator=g) * 2 - 1,
+        class_label=torch.randn(1, models.embed_dim, generator=g), uncond_class_label=torch.zeros(1, models.embed_dim))
+    positive, negative = native._conditioning(conds)
+    latent = torch.zeros(conds.latent_shape)
+    noise = torch.randn(conds.latent_shape, generator=g)
+    rows = []
+    for name in args.dtype_list:
+        if not run.budget.allows():
+            rows.append({"dtype": name, "finite": None, "note": f"skipped: time budget ({run.budget.left():.0f} s left)"})
+            continue
+        patcher = native.native_from_core(models.build("inpaint"), name)
+
+        def sample(steps, patcher=patcher):
+            return comfy.sample.sample(patcher, noise, steps, args.guidance, "euler", "normal", positive, negative,
+                                       latent, disable_pbar=True, seed=0)
+
+        sample(1)  # loads the model, warms up
+        run.reset_peak()
+        t0 = time.perf_counter()
+        out = sample(args.steps)
+        run.sync()
+        ms = (time.perf_counter() - t0) * 1000 / args.steps
+        rows.append({"dtype": name, "finite": all_finite(out), "ours_ms": ms, "peak_mib": run.peak_mib(),
+                     "weights_mib": patcher.model_size() / 2**20,
+                     "note": f"KSampler euler/normal, {args.steps} steps, cfg {args.guidance:g}; "
+                             f"UNet {patcher.model.get_dtype()}"})
+        mm.unload_all_models()
+        del patcher
+        run.free(collect=True)
+    return rows
 
 
 def run_native(run: Run) -> None:
@@ -824,7 +889,7 @@ def run_native(run: Run) -> None:
         return
     t0 = time.perf_counter()
     try:
-        rows = native_check(run.args)
+        rows = native_check(run)
     except Exception as exc:  # noqa: BLE001 - a broken native path is a result, not a crash of the whole check
         rows = {"finite": False, "note": f"failed: {type(exc).__name__}: {exc}"}
     run.budget.took(time.perf_counter() - t0)

@@ -326,34 +326,45 @@ def load_native(path: str, weight_dtype: str = "default"):
     if info.stage == "prior":
         raise InputError(f"{info.path.name} is the stage-1 prior, which has no ComfyUI equivalent: load it with PCDMs "
                          "Checkpoint Loader for PCDMs Prior; this loader takes stage-2 and stage-3 files")
-    unet_config, groups = comfy_unet_config(info.config["unet"])
-    unet_config["pcdms_norm_groups"] = groups
-    projector_name = PROJECTOR_NAME[info.variant if info.variant in PROJECTOR_NAME else "paper"]
-    projector_config = core.image_proj.config
-    if info.stage == "inpaint":
-        unet_config["pcdms_pose"] = asdict(core.pose_proj.config)
-    sd = core.state_dict()
-    del core
-    params = sum(t.numel() for t in sd.values())
-    stored = next(t.dtype for k, t in sd.items() if k.startswith("unet.") and t.is_floating_point())
     metadata = open_weights(info.path).metadata if info.path.suffix == ".safetensors" else {}
+    scale, preview = _latent_space(str(info.path), metadata)
+    return native_from_core(core, weight_dtype, latent_scale=scale, preview=preview)
+
+
+def native_from_core(core, weight_dtype: str = "default", *, latent_scale: float = SD_LATENT_SCALE,
+                     preview: Optional[tuple] = None):
+    """Our stage-2 or stage-3 network (``InpaintModel`` / ``RefineModel``) as a ComfyUI ``ModelPatcher`` (its
+    weights are moved into ComfyUI's UNet; ``core`` is not used afterwards). ``latent_scale`` and ``preview``:
+    the latent space of the VAE it was trained with (see ``_latent_space``)."""
     import comfy.model_patcher
 
+    unet_config, groups = comfy_unet_config(dict(core.unet.config))
+    unet_config["pcdms_norm_groups"] = groups
+    projector_name = PROJECTOR_NAME[core.variant if core.variant in PROJECTOR_NAME else "paper"]
+    projector_config = core.image_proj.config
+    if core.stage == "inpaint":
+        unet_config["pcdms_pose"] = asdict(core.pose_proj.config)
+    info = getattr(core, "checkpoint_info", None)
+    stage, variant = core.stage, core.variant
+    sd = core.state_dict()
+    params = sum(t.numel() for t in sd.values())
+    stored = next(t.dtype for k, t in sd.items() if k.startswith("unet.") and t.is_floating_point())
     c = comfy_classes()
-    config_cls = type("PCDMsStage", (c.Config,), {"latent_format": c.latent_format(*_latent_space(str(info.path), metadata))})
+    config_cls = type("PCDMsStage", (c.Config,), {"latent_format": c.latent_format(latent_scale, preview)})
     supported = c.Config.supported_inference_dtypes
     load_device = mm.get_torch_device()
     dtype = WEIGHT_DTYPES[weight_dtype] or mm.unet_dtype(model_params=params, supported_dtypes=supported,
                                                         weight_dtype=stored)
     model_config = config_cls(unet_config)
     model_config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, load_device, supported))
-    model = c.Model(model_config, stage=info.stage, variant=info.variant, projector_config=projector_config)
+    model = c.Model(model_config, stage=stage, variant=variant, projector_config=projector_config)
+    name = info.path.name if info is not None else f"this {stage} model"
     unet_sd = _map_unet(sd, unet_config)
     unet_sd.update({k: v for k, v in sd.items() if k.startswith("pose_proj.")})
-    _strict(model.diffusion_model, unet_sd, f"{info.path.name}'s UNet")
+    _strict(model.diffusion_model, unet_sd, f"{name}'s UNet")
     prefix = projector_name + "."
     _strict(model.pcdms_projector, {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)},
-            f"{info.path.name}'s image projector")
+            f"{name}'s image projector")
     model.pcdms_info = info
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
 
@@ -367,7 +378,8 @@ def native_model(model, stage: str):
         raise InputError("connect a MODEL from PCDMs Load Stage as MODEL (a stage-2 or stage-3 PCDMs file) here")
     if inner.pcdms_stage != stage:
         want = {"inpaint": "a stage-2 (inpainting)", "refine": "a stage-3 (refining)"}[stage]
-        raise InputError(f"this MODEL holds {inner.pcdms_info.title}; this node needs {want} PCDMs model")
+        held = inner.pcdms_info.title if inner.pcdms_info is not None else f"a {inner.pcdms_stage} model"
+        raise InputError(f"this MODEL holds {held}; this node needs {want} PCDMs model")
     return inner
 
 

@@ -90,3 +90,16 @@ def test_demo_models_sample_in_the_demo_vae_latent_space(report):
     demo = report["demo_latent"]
     assert abs(demo["scale"] - demo["vae_scale"]) < 1e-6 and abs(demo["scale"] - 0.18215) > 1e-3, demo
     assert demo["rgb_rows"] == 4, demo
+
+
+def test_gpu_check_runs_the_native_ksampler(tmp_path):
+    """benchmarks/gpu_check.py's native row (KSampler on stage 2) works where ComfyUI's code is importable, so the
+    GPU check cannot rot; here on the CPU at the tiny size."""
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([comfyui_python(), str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--size",
+                           "tiny", "--dtypes", "fp32", "--stages", "native", "--steps", "2", "--threads", "1",
+                           "--comfyui", str(comfyui_path()), "--json", str(out)],
+                          cwd=comfyui_path(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["stage"] == "native"]
+    assert len(rows) == 1 and rows[0]["finite"] is True and rows[0]["ours_ms"] > 0, rows
