@@ -15,7 +15,15 @@ evaluation; needs ``accelerate``). ``diffusers_glue`` is the one module that kno
 
 __version__ = "0.2.0"
 
-from .errors import CheckpointError, InputError, PCDMsError, PoseError
+from .errors import (
+    CheckpointError,
+    InputError,
+    NumericalError,
+    PCDMsError,
+    PCDMsWarning,
+    PoseError,
+    reported_warnings,
+)
 from .images import as_uint8_batch, to_model_range, to_uint8
 from .loading.checkpoints import (
     convert_checkpoint,
@@ -39,8 +47,8 @@ from .stages.prior import sample_prior
 from .stages.refine import encode_coarse, sample_refine
 
 __all__ = [
-    # errors
-    "PCDMsError", "CheckpointError", "InputError", "PoseError",
+    # errors and warnings
+    "PCDMsError", "CheckpointError", "InputError", "PoseError", "NumericalError", "PCDMsWarning", "reported_warnings",
     # files
     "load_checkpoint", "inspect_checkpoint", "convert_checkpoint", "save_checkpoint", "load_vae",
     "load_image_encoder",
