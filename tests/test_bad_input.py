@@ -607,3 +607,280 @@ def test_nodes_show_and_log_what_they_distort(env, caplog):
     assert [t for t in final.ui["text"] if "does not use the stage-1 prior or CLIP" in t]
     loaded = {p.model.inner.__class__.__name__ for call in env.mm.load_calls for p in call}
     assert "PriorTransformer" not in loaded  # the unused prior was never brought to the device
+
+
+# --- pose files and POSE_KEYPOINT values: one PoseError naming the file, frame, person, field and the fix ---------
+# (the rules: docs/poses.md; through the library, the command line's --source-pose and PCDMs Load Pose)
+
+import json as _json  # noqa: E402
+import warnings as _warnings  # noqa: E402
+
+_POSE_A = _json.loads((_PARITY / "inputs" / "pose_a.json").read_text())
+_KPS_A = _POSE_A[0]["people"][0]["pose_keypoints_2d"]
+
+
+def _frame(**changes):
+    return dict(_json.loads(_json.dumps(_POSE_A[0])), **changes)
+
+
+def _with_kps(kps, **person):
+    return _frame(people=[dict(person, pose_keypoints_2d=kps)])
+
+
+def _set(i, value):
+    kps = list(_KPS_A)
+    kps[i] = value
+    return _with_kps(kps)
+
+
+_BAD_POSES = [  # (value, words the message must hold: where, what, the fix)
+    (_with_kps(["12"] * 54), ["person 0, pose_keypoints_2d[0] (keypoint 0's x)", "the text '12' is not a number",
+                              "without quotes"]),
+    (_with_kps({"x": 1}), ["person 0, pose_keypoints_2d is an object", "a flat list x0, y0, c0"]),
+    (_frame(people="x"), ["'people' is the text 'x', not a list of people", '{"people": [{"pose_keypoints_2d"']),
+    (_frame(people={"pose_keypoints_2d": _KPS_A}), ["'people' is an object", 'put the object in a list']),
+    (_frame(people=[3]), ["person 0 is 3, not a person", '{"pose_keypoints_2d": [x0, y0, c0, ...]}']),
+    (_frame(people=[{"keypoints": _KPS_A}]), ["person 0 has no 'pose_keypoints_2d' (its keys: keypoints)"]),
+    (_frame(canvas_width="a"), ["canvas_width is the text 'a'", "a whole number from 1 to 16384"]),
+    (_frame(canvas_width=0), ["canvas_width is 0", "width in pixels of the image the pose was detected on"]),
+    (_frame(canvas_height=-256), ["canvas_height is -256", "a whole number from 1 to 16384"]),
+    (_frame(canvas_width=176.5), ["canvas_width is 176.5", "whole number"]),
+    (_frame(canvas_width=10**9), ["canvas_width is 1000000000", "from 1 to 16384"]),
+    (_frame(canvas_width=True), ["canvas_width is true (a true/false value)"]),
+    ({k: v for k, v in _POSE_A[0].items() if k != "canvas_height"},
+     ["has canvas_width but no canvas_height", "give both"]),
+    (_set(4, True), ["pose_keypoints_2d[4] (keypoint 1's y): true (a true/false value) is not a number"]),
+    (_set(5, [1, 2]), ["pose_keypoints_2d[5] (keypoint 1's confidence): a list of 2 is not a number"]),
+    (_set(0, float("inf")), ["pose_keypoints_2d[0] (keypoint 0's x): inf is infinite or too large"]),
+    (_set(0, 10**400), ["a number of 401 digits is infinite or too large", "mark the joint missing"]),
+    (_set(0, 1e9), ["the nose is at (1e+09, 40.96), more than 100 times the canvas size (176 x 256)",
+                    "the coordinates or the canvas size"]),
+    (_with_kps(_KPS_A[:-1]), ["pose_keypoints_2d holds 53 numbers, not a multiple of 3", "x0, y0, c0"]),
+    (_with_kps([v for i, v in enumerate(_KPS_A) if i % 3 != 2]),
+     ["pose_keypoints_2d holds 12 keypoints; expected 18", "look like x, y pairs for 18 joints",
+      "add a confidence after each pair"]),
+    (_with_kps([[_KPS_A[i], _KPS_A[i + 1]] for i in range(0, 54, 3)]), ["pose_keypoints_2d[0] holds 2 values, not 3"]),
+    (_with_kps([[[1, 2, 3]]] * 18), ["pose_keypoints_2d[0] holds 1 values, not 3"]),
+    (_with_kps(_KPS_A, hand_left_keypoints_2d="none"), ["person 0, hand_left_keypoints_2d is the text 'none'"]),
+    (_frame(people=None), ["'people' is null", '{"people": [']),
+    ({"canvas_width": 8, "canvas_height": 8}, ["there is no 'people' list (its keys: canvas_width, canvas_height)"]),
+    ([], ["the pose holds no frames"]),
+    ([[_POSE_A[0]]], ["frame 0 is a list of 1, not a frame", "give one list of frames"]),
+    ([_POSE_A[0], "x"], ["frame 1 is the text 'x', not a frame"]),
+    (None, ["no pose given"]),
+    (7, ["a pose is a file path or a POSE_KEYPOINT value", "got 7"]),
+]
+
+
+@pytest.mark.parametrize("value, words", _BAD_POSES)
+def test_a_bad_pose_value_is_one_pose_error_naming_where_and_the_fix(value, words):
+    from pcdms_core import PoseError, load_pose, poses_from_keypoints
+
+    for read in (load_pose, poses_from_keypoints):  # a node's POSE_KEYPOINT input goes through the second
+        if read is poses_from_keypoints and not isinstance(value, (list, dict)):
+            continue
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("error")  # no divide-by-zero or other warning on the way
+            with pytest.raises(PoseError) as err:
+                read(value)
+        assert type(err.value) is PoseError
+        for word in words:
+            assert word in str(err.value), f"{read.__name__}: {err.value}"
+
+
+_BAD_FILES = [  # (name, bytes, words)
+    ("skeleton.json", b"\x89PNG\r\n\x1a\n" + bytes(64), ["skeleton.json is a PNG image, not keypoints", ".json as DWPose"]),
+    ("skeleton.txt", b"\xff\xd8\xff\xe0" + bytes(64), ["skeleton.txt is a JPEG image, not keypoints"]),
+    ("blob.json", bytes(range(256)), ["blob.json is a binary file, not a keypoint file", "UTF-8"]),
+    ("empty.json", b"", ["empty.json is empty"]),
+    ("blank.txt", b"  \n\n", ["blank.txt is empty"]),
+    ("null.json", b"null", ["null.json: the pose is null", "a list of frames"]),
+    ("cut.json", _json.dumps(_POSE_A).encode()[:-7], ["cut.json is not valid JSON", "is the file complete?"]),
+    ("deep.json", b"[" * 100000 + b"]" * 100000, ["deep.json is nested too deeply"]),
+    ("huge.json", _json.dumps(_POSE_A).replace(str(_KPS_A[0]), "9" * 5000, 1).encode(),
+     ["huge.json, person 0, pose_keypoints_2d[0] (keypoint 0's x)", "too large"]),
+    ("inf.json", _json.dumps(_POSE_A).replace(str(_KPS_A[0]), "Infinity", 1).encode(),
+     ["inf.json, person 0, pose_keypoints_2d[0]", "infinite"]),
+    ("zero.json", _json.dumps([_frame(canvas_width=0)]).encode(), ["zero.json: canvas_width is 0"]),
+    ("two.json", _json.dumps([_POSE_A[0], _frame(people=[{"pose_keypoints_2d": ["a"] * 54}])]).encode(), None),
+    ("inf.txt", b"inf inf\n" + b"0.5 0.5\n" * 17, ["inf.txt: the line 'inf inf' holds an infinite value"]),
+    ("anno.txt", b'a.jpg: [1, 2, "x"]: [3]', ["anno.txt, the annotation's y list[2]: the text 'x' is not a number"]),
+    ("anno2.txt", b"a.jpg: [1, 2,]: [3]", ["anno2.txt: the annotation line's y list '[1, 2,]' is not a list"]),
+]
+
+
+@pytest.mark.parametrize("name, content, words", _BAD_FILES, ids=[case[0] for case in _BAD_FILES])
+def test_a_bad_pose_file_is_one_pose_error_naming_the_file(tmp_path, name, content, words):
+    from pcdms_core import PoseError, load_pose
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error")
+        if words is None:  # a bad second frame does not stop the first from loading
+            assert load_pose(path, frame=0).num_visible == 17
+            with pytest.raises(PoseError, match=re.escape("two.json, frame 1, person 0, pose_keypoints_2d[0]")):
+                load_pose(path, frame=1)
+            return
+        with pytest.raises(PoseError) as err:
+            load_pose(path)
+    for word in words:
+        assert word in str(err.value), str(err.value)
+
+
+def test_a_folder_given_as_a_pose_file_is_named(tmp_path):
+    from pcdms_core import PoseError, load_pose
+
+    with pytest.raises(PoseError, match="is a folder; give a .json or .txt keypoint file"):
+        load_pose(tmp_path)
+
+
+def test_pose_forms_that_can_work_give_the_same_pose(tmp_path):
+    """Nested [x, y, c] triplets, a frame given alone, a float canvas of a whole size, numpy values, a UTF-8 file
+    with a byte-order mark and a UTF-16 file: each is the same pose as the plain POSE_KEYPOINT file."""
+    from pcdms_core import load_pose
+
+    want = load_pose(_POSE_A)
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + _json.dumps(_POSE_A).encode())
+    (tmp_path / "utf16.json").write_bytes(_json.dumps(_POSE_A).encode("utf-16"))
+    forms = [
+        [_with_kps([_KPS_A[i:i + 3] for i in range(0, 54, 3)])],
+        _POSE_A[0],
+        [_frame(canvas_width=176.0, canvas_height=256.0)],
+        [_with_kps(np.array(_KPS_A, dtype=np.float32).astype(np.float64))],
+        [_frame(canvas_width=np.int64(176), canvas_height=np.int64(256))],
+        tmp_path / "bom.json",
+        tmp_path / "utf16.json",
+    ]
+    for form in forms:
+        got = load_pose(form)
+        assert got.canvas == want.canvas
+        assert got.visible.tolist() == want.visible.tolist()
+        np.testing.assert_allclose(got.xy, want.xy, atol=1e-6)
+
+
+def test_missing_values_and_confidences_follow_the_rules():
+    """null or NaN in a keypoint: that joint is missing; a confidence above 1 is a joint that is there, one of 0
+    or below a missing joint."""
+    from pcdms_core import load_pose
+
+    want = load_pose(_POSE_A)
+    for i, value in [(0, None), (1, float("nan")), (2, float("nan")), (2, 0.0), (2, -1.0)]:
+        got = load_pose([_set(i, value)])
+        assert got.visible.tolist() == [False] + want.visible.tolist()[1:], (i, value)
+        assert got.num_visible == want.num_visible - 1
+    big = load_pose([_with_kps([v * 3 if i % 3 == 2 else v for i, v in enumerate(_KPS_A)])])
+    assert big.visible.tolist() == want.visible.tolist()
+    np.testing.assert_allclose(big.xy, want.xy)
+
+
+def test_a_person_without_keypoints_keeps_the_indices_of_the_file():
+    from pcdms_core import PoseError, load_pose
+
+    data = [_frame(people=[{"pose_keypoints_2d": None}, {"pose_keypoints_2d": _KPS_A}, {"pose_keypoints_2d": []}])]
+    assert load_pose(data, person=1).num_visible == 17  # the second person of the file
+    assert load_pose(data).num_visible == 17  # the largest
+    with pytest.raises(PoseError, match="only 0 of 18 joints visible"):
+        load_pose(data, person=0)
+    with pytest.raises(PoseError, match="only 0 of 18 joints visible"):  # no joint: not a missing-canvas problem
+        load_pose({"people": [{"pose_keypoints_2d": [0.0] * 54}]})
+
+
+def test_several_frames_use_the_first_with_a_warning_or_the_one_asked_for(tmp_path):
+    from pcdms_core import PCDMsWarning, load_pose
+
+    moved = _with_kps([v + 10 if i % 3 == 0 else v for i, v in enumerate(_KPS_A)])
+    path = tmp_path / "video.json"
+    path.write_text(_json.dumps([_POSE_A[0], moved]))
+    with pytest.warns(PCDMsWarning, match=r"video.json holds 2 frames; the first \(frame 0\) is used"):
+        first = load_pose(path)
+    np.testing.assert_allclose(first.xy, load_pose(_POSE_A).xy)
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error")
+        second = load_pose(path, frame=1)  # asked for: no warning
+        assert load_pose(_POSE_A[0]).num_visible == 17  # one frame: no warning
+    assert second.xy[0, 0] == pytest.approx(first.xy[0, 0] + 10 / 176)
+
+
+def test_every_error_and_warning_class_users_see_is_exported():
+    import inspect
+
+    import pcdms_core
+    from pcdms_core import errors
+
+    public = {name for name, obj in vars(errors).items()
+              if inspect.isclass(obj) and issubclass(obj, (errors.PCDMsError, errors.PCDMsWarning))}
+    assert {"NumericalError", "PCDMsWarning", "PoseError", "InputError", "CheckpointError"} <= public
+    assert public | {"reported_warnings"} <= set(pcdms_core.__all__)
+    assert all(getattr(pcdms_core, name) is getattr(errors, name) for name in public | {"reported_warnings"})
+    assert all(hasattr(pcdms_core, name) for name in pcdms_core.__all__)
+
+
+# the command line: a bad --source-pose is one "error:" line naming the file, before any model is looked at
+
+@pytest.mark.parametrize("name, content, words", [
+    ("skeleton.json", b"\x89PNG\r\n\x1a\n" + bytes(64), ["skeleton.json is a PNG image, not keypoints"]),
+    ("text.json", _json.dumps([_with_kps(["1"] * 54)]).encode(),
+     ["text.json, person 0, pose_keypoints_2d[0] (keypoint 0's x): the text '1' is not a number"]),
+    ("canvas.json", _json.dumps([_frame(canvas_width=0)]).encode(), ["canvas.json: canvas_width is 0"]),
+    ("people.json", _json.dumps({"people": "x"}).encode(), ["people.json: 'people' is the text 'x'"]),
+    ("null.json", b"null", ["null.json: the pose is null"]),
+    ("empty.txt", b"", ["empty.txt is empty"]),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_cli_a_bad_source_pose_file_is_one_error_line(tmp_path, capsys, name, content, words):
+    inputs = _PARITY / "inputs"
+    pose = tmp_path / name
+    pose.write_bytes(content)
+    missing = tmp_path / "no_model.safetensors"  # never reached: the poses are read first
+    rc, err = _cli(capsys, "generate", "--source", inputs / "src_a.png", "--source-pose", pose,
+                   "--target-pose", inputs / "pose_t1.json", "--inpaint", missing, "--dino", missing, "--vae", missing,
+                   "--out", tmp_path / "x.png")
+    assert rc == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err, err
+
+
+def test_cli_a_pose_file_with_several_frames_warns_and_goes_on(tmp_path, capsys):
+    inputs = _PARITY / "inputs"
+    pose = tmp_path / "video.json"
+    pose.write_text(_json.dumps([_POSE_A[0], _POSE_A[0]]))
+    missing = tmp_path / "no_model.safetensors"
+    rc, err = _cli(capsys, "generate", "--source", inputs / "src_a.png", "--source-pose", pose,
+                   "--target-pose", inputs / "pose_t1.json", "--inpaint", missing, "--dino", missing, "--vae", missing,
+                   "--out", tmp_path / "x.png")
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 2, err
+    assert lines[0].startswith("warning: video.json holds 2 frames; the first (frame 0) is used")
+    assert lines[1].startswith("error: --inpaint model not found")  # the pose was read: the next check speaks
+
+
+# the node: PCDMs Load Pose gives the same one error (a PCDMsError, shown by ComfyUI as it is)
+
+def test_load_pose_node_names_the_bad_file_and_the_fix(env):
+    errors = env.pack.pcdms_core.errors
+    cases = [
+        ("skeleton.json", b"\x89PNG\r\n\x1a\n" + bytes(64), "skeleton.json is a PNG image, not keypoints"),
+        ("text.json", _json.dumps([_with_kps(["1"] * 54)]).encode(),
+         "text.json, person 0, pose_keypoints_2d[0] (keypoint 0's x): the text '1' is not a number"),
+        ("dict.json", _json.dumps([_with_kps({"x": 1})]).encode(), "dict.json, person 0, pose_keypoints_2d is an object"),
+        ("people.json", _json.dumps({"people": "x"}).encode(), "people.json: 'people' is the text 'x'"),
+        ("person.json", _json.dumps({"people": [1]}).encode(), "person.json, person 0 is 1, not a person"),
+        ("canvas.json", _json.dumps([_frame(canvas_width="a")]).encode(), "canvas.json: canvas_width is the text 'a'"),
+        ("negative.json", _json.dumps([_frame(canvas_width=-1)]).encode(), "negative.json: canvas_width is -1"),
+        ("null.json", b"null", "null.json: the pose is null"),
+        ("empty.json", b"", "empty.json is empty"),
+        ("blob.txt", bytes(range(256)), "blob.txt is a binary file"),
+    ]
+    for name, content, message in cases:
+        (env.tmp / "input" / name).write_bytes(content)
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("error")
+            with pytest.raises(errors.PoseError) as err:
+                run(env, "PCDMsLoadPose", pose_file=name, person=-1, canvas_width=0, canvas_height=0)
+        assert message in str(err.value), str(err.value)
+        assert isinstance(err.value, errors.PCDMsError)
+    # a form that works: [x, y, c] triplets, one frame given alone
+    (env.tmp / "input" / "nested.json").write_text(_json.dumps(_with_kps([_KPS_A[i:i + 3] for i in range(0, 54, 3)])))
+    got = run(env, "PCDMsLoadPose", pose_file="nested.json", person=-1, canvas_width=0, canvas_height=0)[0]
+    want = run(env, "PCDMsLoadPose", pose_file="pose_a.json", person=-1, canvas_width=0, canvas_height=0)[0]
+    assert got == want
