@@ -543,10 +543,14 @@ class PCDMsInpaintConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, source, seed, batch_size, embedding=None, source_pose=None, target_pose=None,
                 source_pose_image=None, target_pose_image=None) -> io.NodeOutput:
-        return io.NodeOutput(*inpaint_conditioning(
-            model, vae, source, embedding=embedding, source_pose=source_pose, target_pose=target_pose,
-            source_pose_image=source_pose_image, target_pose_image=target_pose_image, seed=seed,
-            batch_size=batch_size))
+        from .stages import output, reported
+
+        with reported("PCDMs Inpaint Conditioning") as said:
+            result = inpaint_conditioning(
+                model, vae, source, embedding=embedding, source_pose=source_pose, target_pose=target_pose,
+                source_pose_image=source_pose_image, target_pose_image=target_pose_image, seed=seed,
+                batch_size=batch_size)
+        return output(*result, said=said)
 
 
 class PCDMsRefineConditioning(io.ComfyNode):
@@ -582,8 +586,11 @@ class PCDMsRefineConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, source, image, seed, batch_size, start) -> io.NodeOutput:
-        return io.NodeOutput(*refine_conditioning(model, vae, source, image, seed=seed, batch_size=batch_size,
-                                                  start=start))
+        from .stages import output, reported
+
+        with reported("PCDMs Refine Conditioning") as said:
+            result = refine_conditioning(model, vae, source, image, seed=seed, batch_size=batch_size, start=start)
+        return output(*result, said=said)
 
 
 class PCDMsCropTarget(io.ComfyNode):

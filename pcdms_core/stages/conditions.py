@@ -143,7 +143,9 @@ def refine_conditions(
     One source may serve several coarse images, or each image has its own source."""
     size = im.check_size(size, vae_ops.downscale_factor(vae), "stage-3 size")
     check_tokens(projector, source_tokens)
-    coarse_u8 = im.resize_u8(im.as_uint8_batch(coarse), size)
+    coarse_u8 = im.as_uint8_batch(coarse)
+    im.warn(im.resize_back_warnings(im.image_size(coarse_u8), size, "image to refine"))
+    coarse_u8 = im.resize_u8(coarse_u8, size)
     batch = coarse_u8.shape[0]
     common_batch(("coarse images", batch), ("source tokens", source_tokens.shape[0]))
     if coarse_latents is None:
