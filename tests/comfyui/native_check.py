@@ -161,6 +161,31 @@ report["demo_latent"] = {"scale": float(demo_format.scale_factor),
                          "rgb_rows": len(demo_format.latent_rgb_factors or []),
                          "vae_scale": float(core.load_vae(demo_file("vae")).config.scaling_factor)}
 
+# Bad input on the native path: one clear message each.
+def error_of(fn):
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - the message is what is checked
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+paper_model, pos, neg, lat = native("paper")
+refine_model = N.PCDMsNativeLoader.execute("s3_512.pt", "default").result[0]
+demo_model = N.load_native(str(demo_file("inpaint")))
+wrong_latent = {"samples": torch.zeros(1, 4, 8, 8)}
+report["errors"] = {
+    "prior_file": error_of(lambda: N.PCDMsNativeLoader.execute("s1_512.pt", "default")),
+    "stage_mismatch": error_of(lambda: N.refine_conditioning(paper_model, comfy_vae, source, coarse)),
+    "not_pcdms": error_of(lambda: N.inpaint_conditioning(object(), comfy_vae, source)),
+    "vae_scale": error_of(lambda: N.inpaint_conditioning(
+        demo_model, comfy_vae, SourceFeatures(pixels=pixels, size=(64, 64), tokens=torch.randn(1, 257, 128)),
+        embedding=torch.randn(1, 128), source_pose_image=coarse, target_pose_image=coarse)),
+    "latent_size": error_of(lambda: ksample(paper_model, pos, neg, wrong_latent, "euler", "normal", seed=1)),
+    "no_pcdms_conditioning": error_of(lambda: ksample(refine_model, [[torch.zeros(1, 1, 1024), {}]],
+                                                      [[torch.zeros(1, 1, 1024), {}]], lat, "euler", "normal", seed=1)),
+}
+
 # Core Load CLIP Vision's models in PCDMs Encode Source: the same features as our loaders on the same weights.
 import comfy.clip_vision  # noqa: E402
 import comfy.utils  # noqa: E402

@@ -103,3 +103,13 @@ def test_gpu_check_runs_the_native_ksampler(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [r for r in json.loads(out.read_text())["rows"] if r["stage"] == "native"]
     assert len(rows) == 1 and rows[0]["finite"] is True and rows[0]["ours_ms"] > 0, rows
+
+
+def test_native_bad_input_gets_one_clear_message(report):
+    errors = report["errors"]
+    assert "stage-1 prior" in errors["prior_file"] and "PCDMs Prior" in errors["prior_file"], errors
+    assert "needs a stage-3" in errors["stage_mismatch"], errors
+    assert "PCDMs Load Stage as MODEL" in errors["not_pcdms"], errors
+    assert "scales its latents by 0.18215" in errors["vae_scale"] and "pcdms_demo_vae" in errors["vae_scale"], errors
+    assert "connect the latent output" in errors["latent_size"], errors
+    assert "PCDMs Refine Conditioning" in errors["no_pcdms_conditioning"], errors
