@@ -3,6 +3,7 @@ progress and previews, and IMAGE conversions. No PCDMs maths lives here (that is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -18,10 +19,11 @@ import comfy.model_patcher
 import comfy.utils
 import folder_paths
 import latent_preview
+from comfy_api.latest import io
 
 from ..pcdms_core import images as core_images
 from ..pcdms_core.devices import cpu_has_fast_half
-from ..pcdms_core.errors import InputError
+from ..pcdms_core.errors import InputError, reported_warnings
 from ..pcdms_core.bundled import DEMO_DIR
 from ..pcdms_core.networks.preview import latent_rgb_factors
 from ..pcdms_core.networks.vae import LatentCodec
@@ -285,3 +287,24 @@ def images_in(image: torch.Tensor) -> torch.Tensor:
 def images_out(bchw: torch.Tensor) -> torch.Tensor:
     """Our ``[B, 3, H, W]`` in [0, 1] to a ComfyUI IMAGE on the intermediate device."""
     return bchw.float().movedim(1, -1).contiguous().to(mm.intermediate_device())
+
+
+# --- warnings on the node ------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def reported(node: str):
+    """Collect the PCDMs warnings of the work inside (a distorted input, a prior that is not used): each is
+    logged once and listed, so the node can show them too (``output``)."""
+    said: list[str] = []
+
+    def report(text: str) -> None:
+        said.append(text)
+        logging.warning("%s: %s", node, text)
+
+    with reported_warnings(report):
+        yield said
+
+
+def output(*values, said: list[str]) -> io.NodeOutput:
+    """The node's outputs, with its warnings as text on the node."""
+    return io.NodeOutput(*values, ui={"text": ["warning: " + m for m in said]} if said else None)

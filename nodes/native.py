@@ -36,7 +36,7 @@ from ..pcdms_core.networks import vae as vae_ops
 from ..pcdms_core.networks.inpaint import PROJECTOR_NAME
 from ..pcdms_core.networks.layers import ImageProjector, PoseEncoder, PoseEncoderConfig
 from ..pcdms_core.stages.conditions import StageConditions, inpaint_conditions, refine_conditions
-from .bridge import PCDMS_FOLDER, full_path, images_in, images_out, model_files, vae_for_stage
+from .bridge import PCDMS_FOLDER, full_path, images_in, images_out, model_files, output, reported, vae_for_stage
 from .types import PcdmsEmbedding, PcdmsSource, PcdmsVae, PoseKeypoint
 
 CATEGORY = "PCDMs/native"
@@ -543,8 +543,6 @@ class PCDMsInpaintConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, source, seed, batch_size, embedding=None, source_pose=None, target_pose=None,
                 source_pose_image=None, target_pose_image=None) -> io.NodeOutput:
-        from .stages import output, reported
-
         with reported("PCDMs Inpaint Conditioning") as said:
             result = inpaint_conditioning(
                 model, vae, source, embedding=embedding, source_pose=source_pose, target_pose=target_pose,
@@ -586,8 +584,6 @@ class PCDMsRefineConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, source, image, seed, batch_size, start) -> io.NodeOutput:
-        from .stages import output, reported
-
         with reported("PCDMs Refine Conditioning") as said:
             result = refine_conditioning(model, vae, source, image, seed=seed, batch_size=batch_size, start=start)
         return output(*result, said=said)

@@ -10,7 +10,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..pcdms_core.pose.keypoints import align_pose, load_pose, poses_from_keypoints, poses_to_keypoints, render_pose
-from .bridge import images_out
+from ..pcdms_core.errors import InputError
+from .bridge import images_out, output, reported
 from .types import PoseKeypoint
 
 CATEGORY = "PCDMs/pose"
@@ -66,9 +67,15 @@ class PCDMsLoadPose(io.ComfyNode):
     @classmethod
     def execute(cls, pose_file, person, canvas_width, canvas_height) -> io.NodeOutput:
         path = folder_paths.get_annotated_filepath(pose_file)
-        canvas = (canvas_width, canvas_height) if canvas_width > 0 and canvas_height > 0 else None
-        pose = load_pose(path, person=_person(person), canvas=canvas)
-        return io.NodeOutput(poses_to_keypoints([pose]), _render([pose]))
+        if (canvas_width > 0) != (canvas_height > 0):
+            raise InputError(
+                f"PCDMs Load Pose: canvas_width is {canvas_width} and canvas_height {canvas_height}; give both (the "
+                "size the keypoints were measured on) or leave both at 0 to use the file's own canvas size"
+            )
+        canvas = (canvas_width, canvas_height) if canvas_width > 0 else None
+        with reported("PCDMs Load Pose") as said:
+            pose = load_pose(path, person=_person(person), canvas=canvas)
+        return output(poses_to_keypoints([pose]), _render([pose]), said=said)
 
     @classmethod
     def fingerprint_inputs(cls, pose_file, **kwargs):

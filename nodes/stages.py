@@ -3,8 +3,6 @@ batches, so other nodes can sit between them."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from typing import Optional
 
 import torch
@@ -25,13 +23,14 @@ from ..pcdms_core import (
     sample_refine,
     to_uint8,
 )
-from ..pcdms_core.errors import reported_warnings
 from ..pcdms_core.images import check_size
 from ..pcdms_core.pipeline import warn_unused_prior
 from ..pcdms_core.seeding import MAX_SEED
 from ..pcdms_core.stages.defaults import OFFICIAL_SIZE
 from ..pcdms_core.stages.loop import PRIOR_SCHEDULERS, UNET_SCHEDULERS, check_stage_settings, common_batch
-from .bridge import ManagedModel, images_in, images_out, step_callback, vae_for_stage, working_memory
+from .bridge import (
+    ManagedModel, images_in, images_out, output, reported, step_callback, vae_for_stage, working_memory,
+)
 from .types import PcdmsClip, PcdmsDino, PcdmsEmbedding, PcdmsModel, PcdmsSource, PcdmsVae, PoseKeypoint
 
 CATEGORY = "PCDMs"
@@ -57,25 +56,6 @@ def _vae_input() -> io.MultiType.Input:
         "vae", types=[io.Vae, PcdmsVae],
         tooltip="The SD 2.1-base VAE, from ComfyUI's Load VAE or the PCDMs VAE Loader.",
     )
-
-
-@contextlib.contextmanager
-def reported(node: str):
-    """Collect the PCDMs warnings of the work inside (a distorted input, a prior that is not used): each is
-    logged once and listed, so the node can show them too (``output``)."""
-    said: list[str] = []
-
-    def report(text: str) -> None:
-        said.append(text)
-        logging.warning("%s: %s", node, text)
-
-    with reported_warnings(report):
-        yield said
-
-
-def output(*values, said: list[str]) -> io.NodeOutput:
-    """The node's outputs, with its warnings as text on the node."""
-    return io.NodeOutput(*values, ui={"text": ["warning: " + m for m in said]} if said else None)
 
 
 def _stage_model(model: ManagedModel, stage: str) -> ManagedModel:

@@ -313,3 +313,10 @@ def test_auto_dtype_follows_comfyuis_choice_for_each_role(env, monkeypatch):
     assert bridge.load_dtype("auto", "unet") == torch.float32
     monkeypatch.setattr(bridge, "cpu_has_fast_half", lambda dtype: True)
     assert bridge.load_dtype("auto", "encoder") == torch.float16
+
+
+def test_load_pose_canvas_needs_both_sides(env):
+    with pytest.raises(env.pack.pcdms_core.InputError, match="give both"):
+        run(env, "PCDMsLoadPose", pose_file="pose_a.json", person=-1, canvas_width=512, canvas_height=0)
+    keypoints, skeleton = run(env, "PCDMsLoadPose", pose_file="pose_a.json", person=-1, canvas_width=0, canvas_height=0)
+    assert keypoints and skeleton.ndim == 4
