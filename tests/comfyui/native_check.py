@@ -196,23 +196,29 @@ for kind, name in (("clip", "CLIP-ViT-H-14-laion2B-s32B-b79K"), ("dinov2", "dino
     cv = comfy.clip_vision.ClipVisionModel(str(Path(path).with_suffix(".json")))
     cv.load_sd(comfy.utils.load_torch_file(path))
     objects[kind] = cv
-    features[kind] = (N.encoder_from_clip_vision(cv, kind), core.load_image_encoder(path, dtype=cv.dtype))
+    adapted = N.encoder_from_clip_vision(cv, kind)  # in ComfyUI's dtype for encoders (fp32 on this CPU)
+    # ours from the file, each tensor rounded to the dtype ComfyUI stores it in, computing in the adapter's dtype
+    ours = core.load_image_encoder(path, dtype=adapted.dtype)
+    stored = cv.get_sd()
+    with torch.no_grad():
+        for key, value in ours.model.state_dict().items():
+            if key in stored and stored[key].dtype != value.dtype:
+                value.copy_(value.to(stored[key].dtype))
+    features[kind] = (adapted, ours)
 cv_dino, cv_clip = objects["dinov2"], objects["clip"]
 comfy_dino, our_dino = features["dinov2"]
 comfy_clip, our_clip = features["clip"]
 image = torch.rand(2, 3, 60, 44, generator=g)
 a = core.encode_source(image, comfy_dino.patcher.model.inner, comfy_clip.patcher.model.inner, size=SIZE)
 b = core.encode_source(image, our_dino, our_clip, size=SIZE)
-report["clip_vision"] = {"dtype": str(cv.dtype), "tokens": rel(a.tokens, b.tokens), "clip": rel(a.clip_embedding, b.clip_embedding),
+report["clip_vision"] = {"comfy_dtype": str(cv.dtype), "dtype": str(comfy_dino.dtype), "tokens": rel(a.tokens, b.tokens), "clip": rel(a.clip_embedding, b.clip_embedding),
                          "shared": comfy_dino.patcher.model.inner.model.state_dict()["embeddings.cls_token"].data_ptr()
                          == cv.get_sd()["embeddings.cls_token"].data_ptr()}
-# ... and through the node: PCDMs Encode Source with Load CLIP Vision's models against the PCDMs loaders' in fp16
+# ... and through the node: PCDMs Encode Source with Load CLIP Vision's models, against our encoders
 S, L = pack.nodes.stages, pack.nodes.loaders
 photo = image[:1].movedim(1, -1)
 via_core = S.PCDMsEncodeSource.execute(photo, cv_dino, SIZE[0], SIZE[1], clip=cv_clip).result[0]
-ours_dino = L.PCDMsDINOv2Loader.execute("dinov2-giant.safetensors", "fp16").result[0]
-ours_clip = L.PCDMsCLIPVisionLoader.execute("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "fp16").result[0]
-via_ours = S.PCDMsEncodeSource.execute(photo, ours_dino, SIZE[0], SIZE[1], clip=ours_clip).result[0]
+via_ours = core.encode_source(photo.movedim(-1, 1), our_dino, our_clip, size=SIZE)
 report["clip_vision"]["node_tokens"] = rel(via_core.tokens, via_ours.tokens)
 report["clip_vision"]["node_clip"] = rel(via_core.clip_embedding, via_ours.clip_embedding)
 dino_json = str(Path(folder_paths.get_full_path("clip_vision", "dinov2-giant.safetensors")).with_suffix(".json"))
