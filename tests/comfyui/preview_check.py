@@ -9,37 +9,26 @@ object: in 8-bit levels, the mean absolute error per latent cell and the largest
 colour (per channel), for our previews and for SD 1.5's factors on the same latents.
 """
 
-import importlib.util
 import json
-import os
 import sys
 import types
 from pathlib import Path
 
-sys.path.insert(0, os.getcwd())  # run from the ComfyUI checkout
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import comfy.cli_args  # noqa: E402
-
-comfy.cli_args.args.cpu = True
-comfy.cli_args.args.preview_method = comfy.cli_args.LatentPreviewMethod.Latent2RGB
-
-import comfy.utils  # noqa: E402
-import folder_paths  # noqa: E402
-from utils.extra_config import load_extra_path_config  # noqa: E402
+from inprocess import boot
 
 env_dir, pack_dir = Path(sys.argv[1]), Path(sys.argv[2])
-load_extra_path_config(str(env_dir / "extra_model_paths.yaml"))
+sys.path.insert(0, ".")  # ComfyUI's checkout, for its command-line options before the boot
+import comfy.cli_args  # noqa: E402
 
-spec = importlib.util.spec_from_file_location("ComfyUI_PCDMs", pack_dir / "__init__.py",
-                                              submodule_search_locations=[str(pack_dir)])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["ComfyUI_PCDMs"] = pack
-spec.loader.exec_module(pack)
+pack = boot(env_dir, pack_dir, preview_method=comfy.cli_args.LatentPreviewMethod.Latent2RGB)
+
+import comfy.utils  # noqa: E402
+
 bridge, loaders = pack.nodes.bridge, pack.nodes.loaders
 from ComfyUI_PCDMs.pcdms_core.networks.vae import decode, encode  # noqa: E402
 
