@@ -305,6 +305,8 @@ def reported(node: str):
         yield said
 
 
-def output(*values, said: list[str]) -> io.NodeOutput:
-    """The node's outputs, with its warnings as text on the node."""
-    return io.NodeOutput(*values, ui={"text": ["warning: " + m for m in said]} if said else None)
+def output(*values, said: list[str], notes: tuple[str, ...] = ()) -> io.NodeOutput:
+    """The node's outputs, with its warnings (and ``notes``: what the node did that a user may not expect) as text
+    on the node."""
+    text = [*notes, *("warning: " + m for m in said)]
+    return io.NodeOutput(*values, ui={"text": text} if text else None)

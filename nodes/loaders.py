@@ -33,7 +33,7 @@ class PCDMsCheckpointLoader(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Loads one PCDMs stage from models/pcdms: an official DeepSpeed .pt (s1_512.pt, s2_512.pt, "
-                "s3_512.pt, PCDMs_ckpt.pt) or a converted .safetensors. The stage and variant (prior, paper or demo "
+                "s3_512.pt, PCDMs_ckpt.pt) or a converted .safetensors. The stage and variant (prior, paper or no-prior "
                 "inpainting, refining) are read from the file's contents, not its name."
             ),
             inputs=[

@@ -27,7 +27,9 @@ from ..pcdms_core.images import check_size
 from ..pcdms_core.pipeline import warn_unused_prior
 from ..pcdms_core.seeding import MAX_SEED
 from ..pcdms_core.stages.defaults import OFFICIAL_SIZE
-from ..pcdms_core.stages.loop import PRIOR_SCHEDULERS, UNET_SCHEDULERS, check_stage_settings, common_batch
+from ..pcdms_core.stages.loop import (
+    PRIOR_SCHEDULERS, UNET_SCHEDULERS, check_stage_settings, common_batch, steps_run,
+)
 from .bridge import (
     ManagedModel, images_in, images_out, output, reported, step_callback, vae_for_stage, working_memory,
 )
@@ -331,7 +333,11 @@ class PCDMsRefine(io.ComfyNode):
         with reported("PCDMs Refine") as said:
             refined = run_refine(model, vae, source, images_in(image), seed=seed, steps=steps, cfg=cfg,
                                  cfg_rescale=cfg_rescale, scheduler=scheduler, strength=strength)
-        return output(images_out(refined), said=said)
+        notes = ()
+        if strength < 1.0:  # the progress bar counts the steps that run
+            notes = (f"strength {strength:g}: img2img from the image, the last {steps_run(steps, strength)} of "
+                     f"{steps} steps run",)
+        return output(images_out(refined), said=said, notes=notes)
 
 
 class PCDMsAllStages(io.ComfyNode):

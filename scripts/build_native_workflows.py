@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build_workflows as bw  # noqa: E402
 
 NAME = "pcdms_native_ksampler"
-TITLE = "PCDMs with KSampler (native)"
+TITLE = "PCDMs - native, KSampler on stages 2 and 3"
 GAP = 40
 
 
@@ -156,9 +156,10 @@ def write(info: dict, out_dir: Path) -> list[Path]:
         problems = bw.check_workflow(wf, info)
         if problems:
             raise SystemExit(f"{NAME}: " + "; ".join(problems))
-        path = out_dir / f"{NAME}{models.suffix}.json"
+        wf["extra"]["pcdms_template"] = NAME + models.suffix
+        path = out_dir / f"{bw.file_title(NAME, models)}.json"
         path.write_text(json.dumps(wf, indent=1) + "\n")
-        bw.thumbnail(NAME, models, out_dir / f"{NAME}{models.suffix}.jpg")
+        bw.thumbnail(NAME, models, path.with_suffix(".jpg"))
         written.append(path)
     return written
 

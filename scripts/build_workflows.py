@@ -356,32 +356,67 @@ BUILDERS = {
     "pcdms_dwpose_target_pose": dwpose,
     "pcdms_stages_rewired": rewired,
 }
+# The template titles: ComfyUI's template browser shows a custom-node template's file name as its title, so the
+# files are named by them. Each file also records its template id (``extra.pcdms_template``), which the tests use.
 TITLES = {
-    "pcdms_paper_three_stages": "PCDMs: prior, inpaint, refine",
-    "pcdms_demo_checkpoint": "PCDMs demo checkpoint",
-    "pcdms_dwpose_target_pose": "PCDMs + DWPose target",
-    "pcdms_stages_rewired": "PCDMs stages rewired",
+    "pcdms_paper_three_stages": "PCDMs - paper, three stages",
+    "pcdms_demo_checkpoint": "PCDMs - released checkpoint, stage 2 only",
+    "pcdms_dwpose_target_pose": "PCDMs - poses from photos with DWPose",
+    "pcdms_stages_rewired": "PCDMs - stages rewired with core nodes",
 }
+DEMO_TITLE_SUFFIX = " (demo models)"
 
 
-def thumbnail(name: str, models: Models, path: Path) -> None:
-    """A 512 x 384 card: the example source, the target skeleton, and the workflow's title."""
+def file_title(name: str, models: Models) -> str:
+    """The file name (without .json) of template ``name`` for ``models``: its title."""
+    return TITLES[name] + (DEMO_TITLE_SUFFIX if models.suffix else "")
+
+
+_RESULT: list = []
+
+
+def example_result():
+    """What the demo models make of the example inputs through the three stages (computed once per build): the
+    picture on the template cards. The official-model cards show it too, labelled as the demo models' result."""
+    if not _RESULT:
+        from PIL import Image
+
+        from pcdms_core import PCDMsPipeline, StageSettings, load_pose
+        from pcdms_core.bundled import SAMPLING, SIZE, demo_file, example_file
+
+        pipe = PCDMsPipeline.from_files(prior=demo_file("prior"), inpaint=demo_file("inpaint"),
+                                        refine=demo_file("refine"), clip=demo_file("clip"), dino=demo_file("dino"),
+                                        vae=demo_file("vae"))
+        result = pipe(Image.open(example_file("source")), load_pose(example_file("source_pose")),
+                      load_pose(example_file("target_pose")), size=SIZE, seed=42,
+                      inpaint_settings=StageSettings(**SAMPLING["inpaint"]),
+                      refine_settings=StageSettings(**SAMPLING["refine"]))
+        _RESULT.append(result.images[0])
+    return _RESULT[0]
+
+
+def thumbnail(name: str, models: Models, path: Path, title: str | None = None) -> None:
+    """A 512 x 384 card: the example source, the target skeleton, the result, and the workflow's title."""
     from PIL import Image, ImageDraw, ImageFont
 
+    from pcdms_core import images as im
+
     card = Image.new("RGB", (512, 384), (24, 24, 28))
-    src = Image.open(EXAMPLES / INPUTS["source"]).convert("RGB").resize((176, 256))
-    pose = Image.open(EXAMPLES / INPUTS["target_pose_image"]).convert("RGB").resize((176, 256))
-    card.paste(src, (48, 40))
-    card.paste(pose, (288, 40))
+    src = Image.open(EXAMPLES / INPUTS["source"]).convert("RGB").resize((144, 208))
+    pose = Image.open(EXAMPLES / INPUTS["target_pose_image"]).convert("RGB").resize((144, 208))
+    result = Image.fromarray(im.to_uint8(example_result()[None])[0].permute(1, 2, 0).numpy()).resize((144, 208))
+    for x, picture in ((16, src), (184, pose), (352, result)):
+        card.paste(picture, (x, 36))
     draw = ImageDraw.Draw(card)
-    draw.polygon([(236, 150), (268, 168), (236, 186)], fill=(230, 230, 230))
     try:
-        font = ImageFont.load_default(size=26)
+        font, small = ImageFont.load_default(size=24), ImageFont.load_default(size=16)
     except TypeError:  # Pillow < 10.1
-        font = ImageFont.load_default()
-    draw.text((48, 306), TITLES[name], fill=(240, 240, 240), font=font)
-    if models.suffix:
-        draw.text((48, 340), "on the bundled demo models", fill=(170, 200, 255), font=font)
+        font = small = ImageFont.load_default()
+    for x, label in ((16, "source"), (184, "target pose"), (352, "result")):
+        draw.text((x, 250), label, fill=(200, 200, 200), font=small)
+    draw.text((16, 290), title or TITLES[name], fill=(240, 240, 240), font=font)
+    draw.text((16, 330), "on the bundled demo models" if models.suffix else
+              "for the official models (picture: the demo models)", fill=(170, 200, 255), font=small)
     card.save(path, quality=90)
 
 
@@ -400,9 +435,10 @@ def build(out_dir: Path = WORKFLOWS) -> list[Path]:
             problems = check_workflow(wf, info)
             if problems:
                 raise SystemExit(f"{name}: " + "; ".join(problems))
-            path = out_dir / f"{name}{models.suffix}.json"
+            wf["extra"]["pcdms_template"] = name + models.suffix
+            path = out_dir / f"{file_title(name, models)}.json"
             path.write_text(json.dumps(wf, indent=1) + "\n")
-            thumbnail(name, models, out_dir / f"{name}{models.suffix}.jpg")
+            thumbnail(name, models, path.with_suffix(".jpg"))
             written.append(path)
     import build_native_workflows  # the native-path templates (KSampler on stages 2 and 3)
 

@@ -156,8 +156,11 @@ def test_paper_chain_equals_the_core_pipeline(env):
     assert torch.equal(coarse, ref.coarse.movedim(1, -1))
     assert torch.equal(refined, ref.images.movedim(1, -1))
     # stage 3 started part way, from the coarse image (img2img)
-    part = run(env, "PCDMsRefine", model=m.refine, vae=m.vae, source=source, image=coarse, seed=9, steps=4,
-               cfg=1.0, cfg_rescale=-1.0, scheduler="unipc", strength=0.5)[0]
+    part_out = env.nodes["PCDMsRefine"].execute(model=m.refine, vae=m.vae, source=source, image=coarse, seed=9, steps=4,
+                                                cfg=1.0, cfg_rescale=-1.0, scheduler="unipc", strength=0.5)
+    part = part_out.result[0]
+    # the node says why its progress counts 2 steps while its widget says 4
+    assert "the last 2 of 4 steps run" in part_out.ui["text"][0]
     ref_part = pipe(image.movedim(-1, 1), load_pose(PARITY / "inputs/pose_a.json"),
                     load_pose(PARITY / "inputs/pose_t1.json"), size=(64, 64), seed=9,
                     prior_settings=StageSettings(steps=3), inpaint_settings=StageSettings(steps=3),

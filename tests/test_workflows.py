@@ -11,6 +11,7 @@ from PIL import Image
 import comfy_stub
 from workflow_tools import (
     WORKFLOWS, check_workflow, load_workflows, node_rect, offline_object_info, overlapping_nodes, ui_to_api,
+    workflow_files,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,12 +32,22 @@ def object_info(tmp_path_factory):
 
 
 def test_every_workflow_and_its_demo_variant_exist_with_thumbnails():
-    workflows = load_workflows()
-    assert set(workflows) == EXPECTED
-    for name in workflows:
-        thumb = WORKFLOWS / f"{name}.jpg"
+    files = workflow_files()
+    assert set(files) == EXPECTED
+    for name, path in files.items():
+        thumb = path.with_suffix(".jpg")
         assert thumb.exists(), f"{name} has no thumbnail"
         assert Image.open(thumb).format == "JPEG"
+
+
+def test_templates_are_named_by_their_titles():
+    """ComfyUI's template browser shows a custom-node template's file name as its title: the files carry titles
+    (the demo variants marked), and their ids stay inside."""
+    for name, path in workflow_files().items():
+        title = path.stem
+        assert title.startswith("PCDMs - ") and "_" not in title, title
+        assert title.endswith(" (demo models)") == name.endswith("_demo_models"), (name, title)
+        assert not set(title) & set('<>:"/\\|?*'), title  # a valid file name everywhere
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

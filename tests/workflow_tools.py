@@ -131,8 +131,17 @@ def check_workflow(workflow: dict, object_info: dict, *, check_combos: bool = Tr
     return problems
 
 
+def workflow_files() -> dict[str, Path]:
+    """Each shipped template's file by its id (``extra.pcdms_template``; the file name is the template's title)."""
+    out = {}
+    for p in sorted(WORKFLOWS.glob("*.json")):
+        out[json.loads(p.read_text()).get("extra", {}).get("pcdms_template", p.stem)] = p
+    return out
+
+
 def load_workflows() -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(WORKFLOWS.glob("*.json"))}
+    """The shipped templates by id (see ``workflow_files``)."""
+    return {key: json.loads(p.read_text()) for key, p in workflow_files().items()}
 
 
 def offline_object_info(pack) -> dict:

@@ -123,13 +123,19 @@ def check_strength(strength) -> float:
     return float(strength)
 
 
+def steps_run(steps: int, strength: float) -> int:
+    """How many of ``steps`` a run with ``strength`` takes (all at 1; img2img runs the last ``round(steps *
+    strength)``)."""
+    return steps if strength >= 1.0 else min(int(round(steps * strength)), steps)
+
+
 def start_part_way(scheduler, steps: int, strength: float) -> int:
     """Where to start in the ``steps`` timesteps set on ``scheduler`` so as to run only their last ``strength``
     share (img2img, SDEdit; ``strength`` 1 runs them all): an index for ``denoise``'s ``start``. The
     scheduler's own timesteps stay whole (multistep solvers count down to their end)."""
     if strength >= 1.0:
         return 0
-    run = min(int(round(steps * strength)), steps)
+    run = steps_run(steps, strength)
     if run < 1:
         raise InputError(
             f"strength {strength} of {steps} steps leaves no step to run; raise the strength or the steps"

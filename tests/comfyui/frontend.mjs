@@ -19,24 +19,24 @@ await page.keyboard.press("Escape"); // the first-visit template dialog
 
 const result = { workflows: {}, templates: null, consoleErrors };
 for (const name of names) {
-  const wf = await (await fetch(`${url}/api/workflow_templates/${pack}/${name}.json`)).json();
+  const wf = await (await fetch(`${url}/api/workflow_templates/${pack}/${encodeURIComponent(name)}.json`)).json();
   const before = Object.keys(await (await fetch(`${url}/history`)).json());
-  const info = await page.evaluate(async (wf) => {
+  const shrink = !name.endsWith("(demo models)"); // the demo variants run as shipped (their own size)
+  const info = await page.evaluate(async ([wf, shrink]) => {
     await window.app.loadGraphData(wf);
     const registered = window.LiteGraph.registered_node_types;
     const types = wf.nodes.map((n) => n.type);
     const missing = [...new Set(types.filter((t) => !(t in registered)))];
     for (const node of window.app.graph.nodes ?? window.app.graph._nodes) {
-      if (node.type === "PCDMsEncodeSource") {
+      if (shrink && node.type === "PCDMsEncodeSource") {
         for (const w of node.widgets) if (w.name === "width" || w.name === "height") w.value = 128;
       }
     }
     await window.app.queuePrompt(0, 1);
     return { missing, loadedNodes: (window.app.graph.nodes ?? window.app.graph._nodes).length };
-  }, wf);
+  }, [wf, shrink]);
   await page.keyboard.press("Escape");
-  await page.screenshot({ path: `${outDir}/${name}.png` });
-  // wait for the queued prompt to finish
+  // wait for the queued prompt to finish, then take the picture (its previews show the results)
   let status = null;
   for (let i = 0; i < 1200 && status === null; i++) {
     await page.waitForTimeout(250);
@@ -45,6 +45,8 @@ for (const name of names) {
       if (!before.includes(id) && entry.status && entry.status.completed !== undefined) status = entry.status.status_str;
     }
   }
+  await page.waitForTimeout(500);
+  await page.screenshot({ path: `${outDir}/${name}.png` });
   result.workflows[name] = { ...info, status };
 }
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from comfy_server import in_ci, pack_dir_name
-from workflow_tools import check_workflow, load_workflows, ui_to_api
+from workflow_tools import check_workflow, load_workflows, ui_to_api, workflow_files
 
 OUR_NODES = {
     "PCDMsCheckpointLoader", "PCDMsCLIPVisionLoader", "PCDMsDINOv2Loader", "PCDMsVAELoader", "PCDMsLoadPose",
@@ -325,7 +325,7 @@ def test_real_frontend_loads_and_queues_every_workflow(server):
                        check=True, capture_output=True, timeout=600)
     out = Path(os.environ.get("PCDMS_TEST_OUTPUT", ROOT / "test-output")) / "frontend"
     out.mkdir(parents=True, exist_ok=True)
-    names = sorted(load_workflows())
+    names = sorted(p.stem for p in workflow_files().values())  # as the template route knows them: by title
     env = dict(os.environ, CHROMIUM=chromium, NODE_PATH=node_modules)
     script = ROOT / "tests" / "comfyui" / "frontend.mjs"
     # ES modules resolve from the script's folder: run a copy placed beside node_modules.
@@ -341,6 +341,6 @@ def test_real_frontend_loads_and_queues_every_workflow(server):
         wf = result["workflows"][name]
         assert wf["missing"] == [], (name, wf)
         assert wf["status"] == "success", (name, wf)
-    assert sorted(result["templates"][pack_dir_name()]) == names
+    assert sorted(result["templates"][pack_dir_name()]) == names and all(n.startswith("PCDMs - ") for n in names)
     assert result["templateDialogMentionsPack"]
     assert (out / "template_browser.png").exists()
