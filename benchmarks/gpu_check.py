@@ -129,7 +129,7 @@ def how_to_bring(missing: list[str]) -> str:
     names = " ".join(f"{n}=={WRITTEN_AGAINST[n]}" if n in WRITTEN_AGAINST else n for n in missing if n != "torch")
     lines = []
     if "torch" in missing:
-        lines.append("PyTorch is missing: use the Python that has it (the GPU machines' python3 does).")
+        lines.append("PyTorch is missing: use the Python that has it.")
     if names:
         lines += [
             f"Bring the missing packages as wheels made on a machine with network, for this Python ({py}):",
@@ -852,7 +852,7 @@ def native_check(run: Run) -> dict | list[dict]:
         uncond_concat=torch.cat([torch.ones(1, 1, h, 2 * w), torch.randn(1, 4, h, 2 * w, generator=g)], dim=1),
         latent_shape=(1, 4, h, 2 * w), pose=torch.rand(1, 3, half, 2 * half, generator=g) * 2 - 1,
         class_label=torch.randn(1, models.embed_dim, generator=g), uncond_class_label=torch.zeros(1, models.embed_dim))
-    positive, negative = native._conditioning(conds)
+    positive, negative = native._conditioning(conds, "inpaint", "paper")
     latent = torch.zeros(conds.latent_shape)
     noise = torch.randn(conds.latent_shape, generator=g)
     rows = []

@@ -12,7 +12,7 @@ from .types import PcdmsClip, PcdmsDino, PcdmsModel, PcdmsVae
 
 CATEGORY = "PCDMs/loaders"
 DTYPE_TOOLTIP = ("Weights dtype. auto: ComfyUI's choice for this kind of model on this device (it follows "
-                 "--bf16-unet, --fp32-vae, --fp16-text-enc and the like; fp32 on a CPU).")
+                 "--bf16-unet, --fp32-vae, --fp16-text-enc and the like; fp32 on a CPU without fast half kernels).")
 
 
 def _dtype_input() -> io.Combo.Input:

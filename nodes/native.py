@@ -36,7 +36,10 @@ from ..pcdms_core.networks import vae as vae_ops
 from ..pcdms_core.networks.inpaint import PROJECTOR_NAME
 from ..pcdms_core.networks.layers import ImageProjector, PoseEncoder, PoseEncoderConfig
 from ..pcdms_core.stages.conditions import StageConditions, inpaint_conditions, refine_conditions
-from .bridge import PCDMS_FOLDER, full_path, images_in, images_out, model_files, output, reported, vae_for_stage
+from ..pcdms_core.stages.loop import check_finite, check_finite_input, common_batch
+from .bridge import (
+    PCDMS_FOLDER, full_path, images_in, images_out, missing_model, model_files, output, reported, vae_for_stage,
+)
 from .types import PcdmsEmbedding, PcdmsSource, PcdmsVae, PoseKeypoint
 
 CATEGORY = "PCDMs/native"
@@ -252,9 +255,17 @@ def _build_classes() -> types.SimpleNamespace:
                     f"the latent is {tuple(noise.shape[-2:])} but the PCDMs conditioning was made for "
                     f"{tuple(concat.shape[-2:])}: connect the latent output of the PCDMs Conditioning node to the sampler"
                 )
+            made_for = kwargs.get("pcdms_for")
+            if made_for is not None and made_for != (self.pcdms_stage, self.pcdms_variant):
+                raise InputError(
+                    f"this conditioning was made for a {made_for[1]} PCDMs model but the sampler's MODEL is a "
+                    f"{self.pcdms_variant} one: give the Conditioning node and the sampler the same MODEL"
+                )
             out["c_concat"] = comfy.conds.CONDNoiseShape(concat)
             pose = kwargs.get("pcdms_pose")
             if self.pcdms_stage == "inpaint":
+                if pose is None:
+                    raise InputError("the stage-2 MODEL needs the pose of PCDMs Inpaint Conditioning")
                 out["pcdms_pose"] = comfy.conds.CONDRegular(pose)
             return out
 
@@ -402,9 +413,9 @@ def _check_vae_scale(model, vae) -> None:
         )
 
 
-def _conditioning(conds: StageConditions) -> tuple[list, list]:
+def _conditioning(conds: StageConditions, stage: str, variant: str) -> tuple[list, list]:
     def entry(context, concat, label):
-        extra = {"pcdms_concat": concat}
+        extra = {"pcdms_concat": concat, "pcdms_for": (stage, variant)}
         if conds.pose is not None:
             extra["pcdms_pose"] = conds.pose
         if label is not None:
@@ -452,6 +463,10 @@ class PCDMsNativeLoader(io.ComfyNode):
     def execute(cls, ckpt_name, weight_dtype) -> io.NodeOutput:
         return io.NodeOutput(load_native(full_path(PCDMS_FOLDER, ckpt_name), weight_dtype))
 
+    @classmethod
+    def validate_inputs(cls, ckpt_name):  # names only the file: see nodes/loaders.py
+        return missing_model(PCDMS_FOLDER, ckpt_name) or True
+
 
 def _seed_input() -> io.Int.Input:
     return io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
@@ -474,17 +489,25 @@ def inpaint_conditioning(model, vae, source, *, embedding=None, source_pose=None
     m = native_model(model, "inpaint")
     if source.tokens is None:
         raise InputError("the source has no DINOv2 tokens: connect a DINOv2 loader to PCDMs Encode Source")
+    if m.pcdms_variant == "noprior" and embedding is not None:
+        raise InputError("this MODEL is the no-prior stage 2, which takes no prior embedding: disconnect it (or load "
+                         "a paper stage-2 file)")
+    if m.pcdms_variant == "paper" and embedding is None:
+        raise InputError("the paper stage-2 MODEL needs the prior's embedding: connect PCDMs Prior")
     sp = _pose_images(source_pose, source_pose_image, "source", source.size)
     tp = _pose_images(target_pose, target_pose_image, "target", source.size)
     w, h = source.size
-    batch = max(source.batch, sp.shape[0], tp.shape[0])
+    named = [("source images", source.batch), ("source poses", sp.shape[0]), ("target poses", tp.shape[0])]
+    if embedding is not None:
+        named.append(("prior embeddings", embedding.shape[0]))
+    batch = common_batch(*named)
     vae_model = _load_vae(vae, (batch, 3, h, 2 * w))
     _check_vae_scale(m, vae_model)
     conds = inpaint_conditions(
         _projector(m), m.pcdms_variant, vae_model, source.pixels, sp, tp, source.tokens, embedding, size=source.size,
         pose_downscale=m.pose_downscale, generator=seed, masked_latents=masked_latents, num_images=batch_size,
     )
-    positive, negative = _conditioning(conds)
+    positive, negative = _conditioning(conds, m.pcdms_stage, m.pcdms_variant)
     return positive, negative, _latent(conds.latent_shape, m.latent_format.scale_factor)
 
 
@@ -504,7 +527,7 @@ def refine_conditioning(model, vae, source, image, *, seed=0, batch_size=1, star
     _check_vae_scale(m, vae_model)
     conds = refine_conditions(_projector(m), vae_model, coarse, tokens, size=source.size, generator=seed,
                               coarse_latents=coarse_latents, num_images=batch_size)
-    positive, negative = _conditioning(conds)
+    positive, negative = _conditioning(conds, m.pcdms_stage, m.pcdms_variant)
     begin = conds.concat if start == "coarse image" else None
     return positive, negative, _latent(conds.latent_shape, m.latent_format.scale_factor, begin)
 
@@ -626,8 +649,10 @@ class PCDMsVAEDecode(io.ComfyNode):
         z = samples["samples"]
         vae_model = _load_vae(vae, (z.shape[0], 3, z.shape[2] * 8, z.shape[3] * 8))
         codec = vae_ops.as_codec(vae_model)
+        check_finite_input(z, "latent to decode")
         with torch.no_grad():
-            image = vae_ops.decode(vae_model, z.float() * codec.scaling_factor)
+            image = check_finite(vae_ops.decode(vae_model, z.float() * codec.scaling_factor), "inpaint",
+                                 "the decoded image", vae=True)
         return io.NodeOutput(images_out(image))
 
 

@@ -112,7 +112,7 @@ def _encoder(model: Optional[ManagedModel], kind: str) -> Optional[ManagedModel]
         return encoder_from_clip_vision(model, kind)
     if model is not None and (not isinstance(model, ManagedModel) or model.kind != kind):
         want = {"clip": "PCDMs CLIP Vision Loader", "dinov2": "PCDMs DINOv2 Loader"}[kind]
-        raise InputError(f"connect the output of {want} here")
+        raise InputError(f"connect the output of {want} (or of core Load CLIP Vision) here")
     return model
 
 

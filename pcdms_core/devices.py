@@ -1,10 +1,10 @@
-"""Precision checks that need nothing but torch: which half-precision dtypes this CPU computes fast."""
+"""Precision checks that need nothing but torch (and our warning helper): which half-precision dtypes this CPU computes fast."""
 
 from __future__ import annotations
 
-import warnings
-
 import torch
+
+from .errors import pcdms_warn
 
 _HALF_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 _warned_half: set = set()
@@ -30,7 +30,7 @@ def warn_if_slow_on_cpu(device, dtype: torch.dtype) -> None:
         return
     _warned_half.add(dtype)
     name = _HALF_NAMES[dtype]
-    warnings.warn(
+    pcdms_warn(
         f"PCDMs: a model runs in {name} on a CPU that has no fast {name} kernels (PyTorch's oneDNN reports none "
         f"for this processor), so its convolutions take hundreds of times longer than in fp32. Load the models in "
         f"fp32 for CPU work (--dtype fp32 on the command line; dtype auto or fp32 on the PCDMs loaders).",

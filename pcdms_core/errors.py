@@ -8,7 +8,8 @@ traceback from deep inside torch. Inputs that are used but distorted give a ``PC
 
 import contextlib
 import warnings
-from typing import Callable, Iterator
+from contextvars import ContextVar
+from typing import Callable, Iterator, Optional
 
 
 class PCDMsError(Exception):
@@ -35,22 +36,33 @@ class PCDMsWarning(UserWarning):
     """An input is used the official way but distorted (stretched, hugely upscaled, resized back): said, not refused."""
 
 
+_REPORTER: ContextVar[Optional[Callable[[str], None]]] = ContextVar("pcdms_warning_reporter", default=None)
+
+
+def pcdms_warn(text: str, category: type = PCDMsWarning, stacklevel: int = 2) -> None:
+    """Say ``text`` (a PCDMs warning): to the reporter ``reported_warnings`` installed in this context, or, with
+    none, as a Python warning of ``category``. The reporter is per thread and task, so nothing process-wide (how
+    Python shows warnings, its warning filters) is touched."""
+    report = _REPORTER.get()
+    if report is not None:
+        report(text)
+    else:
+        warnings.warn(text, category, stacklevel=stacklevel + 1)
+
+
 @contextlib.contextmanager
 def reported_warnings(report: Callable[[str], None]) -> Iterator[None]:
-    """Within: each PCDMs warning (a ``PCDMsWarning``, or one whose text starts with "PCDMs:") goes to ``report``
-    once, by its text; other warnings show as usual."""
+    """Within (in this thread or task): each PCDMs warning goes to ``report``, once by its text, instead of Python's
+    warnings; other warnings show as usual."""
     seen: set[str] = set()
-    original = warnings.showwarning
 
-    def show(message, category, filename, lineno, file=None, line=None):
-        text = str(message)
-        if not (issubclass(category, PCDMsWarning) or text.startswith("PCDMs:")):
-            return original(message, category, filename, lineno, file, line)
+    def once(text: str) -> None:
         if text not in seen:
             seen.add(text)
             report(text)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", PCDMsWarning)
-        warnings.showwarning = show
+    token = _REPORTER.set(once)
+    try:
         yield
+    finally:
+        _REPORTER.reset(token)

@@ -9,14 +9,13 @@ These helpers reproduce exactly that, so a tensor that holds 8-bit values gives 
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Iterable, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .errors import InputError, PCDMsWarning
+from .errors import InputError, pcdms_warn
 
 ImageLike = Union[Image.Image, np.ndarray, torch.Tensor, Sequence[Image.Image]]
 
@@ -200,7 +199,7 @@ def warn(messages: Iterable[str]) -> None:
     """Issue each message as a ``PCDMsWarning`` (the command line prints them once on stderr; the ComfyUI nodes
     log them and show them on the node)."""
     for message in messages:
-        warnings.warn(message, PCDMsWarning, stacklevel=2)
+        pcdms_warn(message, stacklevel=2)
 
 
 def image_size(batch: torch.Tensor) -> tuple[int, int]:

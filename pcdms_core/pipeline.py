@@ -13,7 +13,6 @@ be an image (for example a DWPose rendering).
 from __future__ import annotations
 
 import gc
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
@@ -23,7 +22,7 @@ from . import images as im
 from .loading.checkpoints import load_checkpoint
 from .networks.encoders import ImageEncoder
 from .loading.encoders import load_image_encoder
-from .errors import InputError, PCDMsWarning
+from .errors import InputError, pcdms_warn
 from .networks.inpaint import InpaintModel
 from .stages.inpaint import decode_canvas, encode_canvas, sample_inpaint
 from .pose.keypoints import Pose, pose_vector, render_pose
@@ -319,11 +318,11 @@ class PCDMsPipeline:
 def warn_unused_prior(name: str) -> None:
     """The no-prior stage 2 given a prior or CLIP: they are not used (the official no-prior pipeline has no
     stage 1), which is said once rather than refused, so one command line or script serves both checkpoints."""
-    warnings.warn(
+    pcdms_warn(
         f"{name} is the no-prior stage-2 checkpoint (like the released PCDMs_ckpt.pt): it does not use the stage-1 "
         "prior or CLIP, so those given are not loaded or run. Leave them out, or give the paper stage-2 checkpoint "
         "(s2_512.pt) to use them.",
-        PCDMsWarning, stacklevel=3,
+        stacklevel=3,
     )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import build_workflows as bw  # noqa: E402
+from pcdms_core.stages.loop import steps_run  # noqa: E402
 
 NAME = "pcdms_native_ksampler"
 TITLE = "PCDMs - native, KSampler on stages 2 and 3"
@@ -46,16 +47,19 @@ def native(g: bw.Graph) -> dict:
     s3 = m.refine_sampler
     if demo:
         k2 = dict(sampler_name="euler_ancestral", scheduler="normal", steps=s2["steps"], cfg=s2["cfg"])
+        runs = steps_run(s3["steps"], s3["strength"])
         settings = (
-            "Stage 2: KSampler, euler_ancestral, 30 steps, cfg 1.5 (what suits the small demo models).\n"
-            "Stage 3: KSampler Advanced from the coarse image's latent (start: coarse image), the last 2 of 5 steps: "
-            "img2img, as the demo models are run everywhere else."
+            f"Stage 2: KSampler, {k2['sampler_name']}, {k2['steps']} steps, cfg {k2['cfg']:g} (what suits the small "
+            "demo models).\n"
+            f"Stage 3: KSampler Advanced from the coarse image's latent (start: coarse image), the last {runs} of "
+            f"{s3['steps']} steps: img2img, as the demo models are run everywhere else."
         )
     else:
         k2 = dict(sampler_name="uni_pc_bh2", scheduler="sgm_uniform", steps=s2["steps"], cfg=s2["cfg"])
         settings = (
-            "Stage 2: KSampler uni_pc_bh2 / sgm_uniform, 20 steps, cfg 2: the closest to the official UniPC.\n"
-            "Stage 3: 20 steps, cfg 1 (no guidance), as the paper's runs most likely used.\n"
+            f"Stage 2: KSampler {k2['sampler_name']} / {k2['scheduler']}, {k2['steps']} steps, cfg {k2['cfg']:g}: the "
+            "closest to the official UniPC.\n"
+            f"Stage 3: {s3['steps']} steps, cfg {s3['cfg']:g} (no guidance), as the paper's runs most likely used.\n"
             "Exact match with the PCDMs stage nodes: sampler euler + scheduler ddim_uniform equals their 'euler' "
             "scheduler (steps that divide 1000) when started from the same latents; ddim differs only by its last step."
         )
@@ -99,10 +103,10 @@ def native(g: bw.Graph) -> dict:
     g.link(cond2, "negative", ks2, "negative")
     g.link(cond2, "latent", ks2, "latent_image")
 
-    decode_type, decode_vae_in = ("VAEDecode", "vae") if not demo else ("PCDMsVAEDecode", "vae")
+    decode_type = "PCDMsVAEDecode" if demo else "VAEDecode"  # core VAE Decode cannot build the demo VAE
     dec2 = g.node(decode_type, 4, 0, title="Decode the canvas")
     g.link(ks2, "LATENT", dec2, "samples")
-    g.link(vae, vae_out, dec2, decode_vae_in)
+    g.link(vae, vae_out, dec2, "vae")
     crop = g.node("PCDMsCropTarget", 4, 0)
     g.link(dec2, "IMAGE" if not demo else "image", crop, "canvas")
     coarse = g.node("PreviewImage", 4, 0, title="Stage 2: coarse target")
@@ -116,7 +120,7 @@ def native(g: bw.Graph) -> dict:
     if demo:
         ks3 = g.node("KSamplerAdvanced", 5, 0, title="Stage 3: KSampler Advanced", add_noise="enable", noise_seed=42,
                      steps=s3["steps"], cfg=s3["cfg"], sampler_name="euler_ancestral", scheduler="normal",
-                     start_at_step=s3["steps"] - round(s3["steps"] * s3["strength"]), end_at_step=10000,
+                     start_at_step=s3["steps"] - steps_run(s3["steps"], s3["strength"]), end_at_step=10000,
                      return_with_leftover_noise="disable")
     else:
         ks3 = g.node("KSampler", 5, 0, title="Stage 3: KSampler", seed=42, steps=s3["steps"], cfg=s3["cfg"],
@@ -127,7 +131,7 @@ def native(g: bw.Graph) -> dict:
     g.link(cond3, "latent", ks3, "latent_image")
     dec3 = g.node(decode_type, 6, 0, title="Decode")
     g.link(ks3, "LATENT", dec3, "samples")
-    g.link(vae, vae_out, dec3, decode_vae_in)
+    g.link(vae, vae_out, dec3, "vae")
     save = g.node("SaveImage", 6, 0, filename_prefix="PCDMs/native")
     g.link(dec3, "IMAGE" if not demo else "image", save, "images")
 

@@ -63,7 +63,7 @@ OFFICIAL_NOTE = (
     "  dinov2-giant.safetensors  (facebook/dinov2-giant model.safetensors, renamed)\n"
     "models/vae/\n"
     "  sd21-base-vae.safetensors  (stabilityai/stable-diffusion-2-1-base vae/diffusion_pytorch_model.safetensors)\n"
-    "The same workflow with the bundled demo models: the *_demo_models variant."
+    "The same workflow with the bundled demo models: its (demo models) variant."
 )
 DEMO_MODELS_NOTE = (
     "Runs on the pack's bundled demo models (trained on synthetic people; nothing to download), which the\n"
@@ -73,7 +73,7 @@ DEMO_MODELS_NOTE = (
     "pcdms_core/demo_models/vae/  pcdms_demo_vae (load it with PCDMs VAE Loader)\n"
     "They are small and work at 64 x 64: expect a rough picture of the person in the new pose.\n"
     "Sampler settings suited to them (an ancestral sampler) are preset; the official models use the official ones.\n"
-    "For real photos use the official models: the same workflow without _demo_models names them."
+    "For real photos use the official models: the same workflow without (demo models) names them."
 )
 OFFICIAL = Models(
     suffix="", prior="s1_512.pt", inpaint="s2_512.pt", refine="s3_512.pt", noprior="PCDMs_ckpt.pt",
@@ -395,7 +395,7 @@ def example_result():
     return _RESULT[0]
 
 
-def thumbnail(name: str, models: Models, path: Path, title: str | None = None) -> None:
+def thumbnail(name: str, models: Models, path: Path) -> None:
     """A 512 x 384 card: the example source, the target skeleton, the result, and the workflow's title."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -414,7 +414,7 @@ def thumbnail(name: str, models: Models, path: Path, title: str | None = None) -
         font = small = ImageFont.load_default()
     for x, label in ((16, "source"), (184, "target pose"), (352, "result")):
         draw.text((x, 250), label, fill=(200, 200, 200), font=small)
-    draw.text((16, 290), title or TITLES[name], fill=(240, 240, 240), font=font)
+    draw.text((16, 290), TITLES[name], fill=(240, 240, 240), font=font)
     draw.text((16, 330), "on the bundled demo models" if models.suffix else
               "for the official models (picture: the demo models)", fill=(170, 200, 255), font=small)
     card.save(path, quality=90)
@@ -440,6 +440,7 @@ def build(out_dir: Path = WORKFLOWS) -> list[Path]:
             path.write_text(json.dumps(wf, indent=1) + "\n")
             thumbnail(name, models, path.with_suffix(".jpg"))
             written.append(path)
+    sys.modules.setdefault("build_workflows", sys.modules[__name__])  # one copy of this module when run as a script
     import build_native_workflows  # the native-path templates (KSampler on stages 2 and 3)
 
     written += build_native_workflows.write(info, out_dir)

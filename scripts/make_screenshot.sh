@@ -7,10 +7,15 @@
 # Needs what the real-ComfyUI tests need (scripts/setup_comfyui.sh sets it up); writes docs/screenshot_workflow.jpg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(scripts/setup_comfyui.sh)"
+env="$(scripts/setup_comfyui.sh)" || { echo "make_screenshot: no ComfyUI for the real-browser test" >&2; exit 1; }
+eval "$env"
 out="$(mktemp -d)"
-PCDMS_TEST_OUTPUT="$out" python -m pytest -q -p no:cacheprovider tests/comfyui/test_comfyui_server.py -k real_frontend
-python - "$out/frontend/PCDMs - paper, three stages (demo models).png" docs/screenshot_workflow.jpg <<'PY'
+# CI=true: a missing browser fails the test instead of skipping it
+CI=true PCDMS_TEST_OUTPUT="$out" python -m pytest -q -p no:cacheprovider tests/comfyui/test_comfyui_server.py \
+    -k real_frontend
+shot="$out/frontend/PCDMs - paper, three stages (demo models).png"
+[ -f "$shot" ] || { echo "make_screenshot: the test wrote no $shot" >&2; exit 1; }
+python - "$shot" docs/screenshot_workflow.jpg <<'PY'
 import sys
 
 from PIL import Image

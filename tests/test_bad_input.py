@@ -255,8 +255,7 @@ def test_the_process_still_loads_after_failed_loads(tmp_path):
         _load_changed(tmp_path, "s3", lambda sd: sd.pop("unet.conv_out.weight"))
     model = _load_changed(tmp_path, "s3")
     assert model.variant == "refine" and all(p.device.type == "cpu" for p in model.parameters())
-    assert isinstance(torch.nn.Linear(2, 2).weight.device, torch.device)  # empty_weights was undone
-    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"  # empty_weights was undone
 
 
 def test_an_encoder_file_missing_a_tensor_its_size_is_read_from_is_named(tmp_path):
@@ -884,3 +883,12 @@ def test_load_pose_node_names_the_bad_file_and_the_fix(env):
     got = run(env, "PCDMsLoadPose", pose_file="nested.json", person=-1, canvas_width=0, canvas_height=0)[0]
     want = run(env, "PCDMsLoadPose", pose_file="pose_a.json", person=-1, canvas_width=0, canvas_height=0)[0]
     assert got == want
+
+
+def test_a_strength_that_runs_no_step_is_refused_before_loading():
+    from pcdms_core import InputError
+    from pcdms_core.stages.loop import check_stage_settings
+
+    with pytest.raises(InputError, match="leaves no step to run"):
+        check_stage_settings("refine", steps=1, strength=0.4)
+    check_stage_settings("refine", steps=5, strength=0.4)  # the last 2 of 5

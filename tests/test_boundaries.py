@@ -141,7 +141,8 @@ print('ok', len({modules!r}))
 # What may change the whole process (every thread of ComfyUI's): allocator settings, re-executing the process,
 # the environment, thread counts.
 PROCESS_WIDE = ("mallopt", "malloc_trim", "GLIBC_TUNABLES", "MAP_ANONYMOUS", "ctypes", "os.exec", "execv",
-                "os.environ[", "putenv", "environ.update", "set_num_threads", "set_num_interop_threads")
+                "os.environ[", "putenv", "environ.update", "set_num_threads", "set_num_interop_threads",
+                "showwarning", "catch_warnings", "simplefilter", "filterwarnings")
 
 
 def _nodes_graph() -> dict[str, set[str]]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -37,7 +36,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..errors import PCDMsWarning, PoseError
+from ..errors import PoseError, pcdms_warn
 
 JOINT_NAMES = (
     "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
@@ -636,10 +635,9 @@ def _choose_from(data, source, person, frame, canvas, normalized, min_joints) ->
     if frame is None:
         frame = 0
         if len(frames) > 1:
-            warnings.warn(PCDMsWarning(
+            pcdms_warn(
                 f"{source or 'the pose'} holds {len(frames)} frames; the first (frame 0) is used (in Python, "
-                "load_pose(..., frame=N) picks another)"
-            ), stacklevel=3)
+                "load_pose(..., frame=N) picks another)", stacklevel=3)
     people = people_from_keypoints(frames, frame=frame, canvas=canvas, normalized=normalized, source=source)
     try:
         return choose_person(people, person, min_joints=min_joints)

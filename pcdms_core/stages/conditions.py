@@ -26,7 +26,7 @@ from ..networks import vae as vae_ops
 from ..networks.layers import ImageProjector
 from ..seeding import SeedLike, as_generator
 from .inpaint import check_tokens, keep_mask, prepare_canvases
-from .loop import broadcast, common_batch, expand_batch
+from .loop import broadcast, check_finite, check_finite_input, common_batch, expand_batch
 from .refine import encode_coarse
 
 
@@ -92,8 +92,10 @@ def inpaint_conditions(
     batch = common_batch(*named)
     masked_u8, poses_u8 = broadcast(masked_u8, batch, "source image"), broadcast(poses_u8, batch, "pose image")
     if masked_latents is None:
-        masked_latents = vae_ops.encode(vae, im.to_model_range(masked_u8), as_generator(generator))
-    masked_latents = broadcast(masked_latents.float().cpu(), batch, "masked latents")
+        masked_latents = check_finite(vae_ops.encode(vae, im.to_model_range(masked_u8), as_generator(generator)),
+                                      "inpaint", "the VAE latents of the source canvas", vae=True)
+    masked_latents = broadcast(check_finite_input(masked_latents, "masked latents").float().cpu(), batch,
+                               "masked latents")
     _, lc, lh, lw = masked_latents.shape
 
     tokens = broadcast(source_tokens, batch, "source token")
@@ -149,8 +151,9 @@ def refine_conditions(
     batch = coarse_u8.shape[0]
     common_batch(("coarse images", batch), ("source tokens", source_tokens.shape[0]))
     if coarse_latents is None:
-        coarse_latents = encode_coarse(vae, coarse_u8, size, generator)
-    coarse_latents = broadcast(coarse_latents.float().cpu(), batch, "coarse latents")
+        coarse_latents = encode_coarse(vae, coarse_u8, size, generator)  # checked finite there
+    coarse_latents = broadcast(check_finite_input(coarse_latents, "coarse latents").float().cpu(), batch,
+                               "coarse latents")
     _, lc, lh, lw = coarse_latents.shape
     context = _project(projector, broadcast(source_tokens, batch, "source token")).cpu()
 

@@ -326,8 +326,10 @@ def check_stage_settings(variant: str, *, steps=None, guidance_scale=None, sched
         raise InputError(
             f"the UnCLIP scheduler needs at least 2 steps (got {steps}); use 2 or more, or the ddim / ddpm scheduler"
         )
-    if strength is not None:
-        check_strength(strength)
+    if strength is not None and steps_run(steps, check_strength(strength)) < 1:
+        raise InputError(
+            f"strength {strength} of {steps} steps leaves no step to run; raise the strength or the steps"
+        )
     check_count(num_images)
     if not isinstance(seed, torch.Generator):
         as_generator(seed)

@@ -182,6 +182,7 @@ report["errors"] = {
         demo_model, comfy_vae, SourceFeatures(pixels=pixels, size=(64, 64), tokens=torch.randn(1, 257, 128)),
         embedding=torch.randn(1, 128), source_pose_image=coarse, target_pose_image=coarse)),
     "latent_size": error_of(lambda: ksample(paper_model, pos, neg, wrong_latent, "euler", "normal", seed=1)),
+    "other_model": error_of(lambda: ksample(native("noprior")[0], pos, neg, lat, "euler", "normal", seed=1)),
     "no_pcdms_conditioning": error_of(lambda: ksample(refine_model, [[torch.zeros(1, 1, 1024), {}]],
                                                       [[torch.zeros(1, 1, 1024), {}]], lat, "euler", "normal", seed=1)),
 }

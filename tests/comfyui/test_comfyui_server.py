@@ -273,7 +273,6 @@ def test_previews_follow_the_demo_vae_colours(comfy_env):
                            str(ROOT)], cwd=comfyui_path(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(report)
     ours, sd15 = report["ours"], report["sd15"]  # errors in 8-bit levels, one per image
     assert max(ours["colours"]) < 36 and max(ours["cells"]) < 25, report  # a linear map: close, not exact
     assert sum(ours["colours"]) * 4 < sum(sd15["colours"]) and sum(ours["cells"]) * 3 < sum(sd15["cells"]), report

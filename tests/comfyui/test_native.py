@@ -114,3 +114,4 @@ def test_native_bad_input_gets_one_clear_message(report):
     assert "scales its latents by 0.18215" in errors["vae_scale"] and "pcdms_demo_vae" in errors["vae_scale"], errors
     assert "connect the latent output" in errors["latent_size"], errors
     assert "PCDMs Refine Conditioning" in errors["no_pcdms_conditioning"], errors
+    assert "made for a paper PCDMs model" in errors["other_model"] and "same MODEL" in errors["other_model"], errors
