@@ -195,12 +195,8 @@ def _triplets(values: Any, place: str) -> np.ndarray:
         names = ("x", "y", "confidence")
         flat = [_number(v, f"{place}[{i}] (keypoint {i // 3}'s {names[i % 3]})") for i, v in enumerate(values)]
         if len(flat) % 3:
-            hint = ""
-            pairs = {36: 18, 50: 25, 34: 17}.get(len(flat))
-            if pairs:
-                hint = (f" ({len(flat)} numbers look like x, y pairs for {pairs} joints: add a confidence after "
-                        "each pair, 1 for a joint that is there and 0 for a missing one)")
-            raise PoseError(f"{place} holds {len(flat)} numbers, not a multiple of 3{hint}; {_KEYPOINTS_FIX}")
+            raise PoseError(f"{place} holds {len(flat)} numbers, not a multiple of 3{_pairs_hint(len(flat))}; "
+                            f"{_KEYPOINTS_FIX}")
         arr = np.array(flat, dtype=np.float64).reshape(-1, 3)
     arr[~np.isfinite(arr).all(axis=1)] = 0.0
     return arr
@@ -223,11 +219,16 @@ def _to_coco18(kps: np.ndarray, place: str = "pose_keypoints_2d") -> np.ndarray:
         if rs[2] > 0 and ls[2] > 0:
             out[1] = [(rs[0] + ls[0]) / 2, (rs[1] + ls[1]) / 2, min(rs[2], ls[2])]
         return out
-    hint = ""
-    if n * 3 in (36, 50, 34):
-        hint = (f" ({n * 3} numbers look like x, y pairs for {n * 3 // 2} joints: add a confidence after each pair, 1 "
-                "for a joint that is there and 0 for a missing one)")
-    raise PoseError(f"{place} holds {n} keypoints; expected {_LAYOUTS}{hint}")
+    raise PoseError(f"{place} holds {n} keypoints; expected {_LAYOUTS}{_pairs_hint(n * 3)}")
+
+
+def _pairs_hint(count: int) -> str:
+    """When ``count`` numbers are x, y pairs of a known layout (18, 25 or 17 joints) without confidences: say so."""
+    joints = {36: 18, 50: 25, 34: 17}.get(count)
+    if joints is None:
+        return ""
+    return (f" ({count} numbers look like x, y pairs for {joints} joints: add a confidence after each pair, 1 for a "
+            "joint that is there and 0 for a missing one)")
 
 
 # Coordinates count as normalised (fractions of the canvas) when every visible coordinate of the frame is at most

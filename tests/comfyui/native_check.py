@@ -223,6 +223,19 @@ via_ours = core.encode_source(photo.movedim(-1, 1), our_dino, our_clip, size=SIZ
 report["clip_vision"]["node_tokens"] = rel(via_core.tokens, via_ours.tokens)
 report["clip_vision"]["node_clip"] = rel(via_core.clip_embedding, via_ours.clip_embedding)
 dino_json = str(Path(folder_paths.get_full_path("clip_vision", "dinov2-giant.safetensors")).with_suffix(".json"))
+# Where our encoder computes in ComfyUI's storage dtype (fp16 on a GPU), it holds ComfyUI's tensors, not a copy:
+# on this CPU it computes in fp32, so the role's dtype is made ComfyUI's for this one check.
+bridge, real_load_dtype = pack.nodes.bridge, pack.nodes.bridge.load_dtype
+bridge.load_dtype = lambda choice, role="unet": cv_dino.dtype
+try:
+    same = comfy.clip_vision.ClipVisionModel(dino_json)
+    same.load_sd(comfy.utils.load_torch_file(folder_paths.get_full_path("clip_vision", "dinov2-giant.safetensors")))
+    held = N.encoder_from_clip_vision(same, "dinov2").patcher.model.inner.model.state_dict()
+    pairs = [(held[k], v) for k, v in same.get_sd().items() if k in held and v.dtype == cv_dino.dtype]
+    report["clip_vision"]["shared_in_storage_dtype"] = len(pairs) > 10 and all(
+        a.data_ptr() == b.data_ptr() for a, b in pairs)
+finally:
+    bridge.load_dtype = real_load_dtype
 try:
     N.encoder_from_clip_vision(comfy.clip_vision.ClipVisionModel(dino_json), "clip")
     report["clip_vision"]["wrong_kind"] = None

@@ -82,6 +82,7 @@ def test_core_clip_vision_gives_our_loaders_features(report):
     assert cv["node_tokens"] < 1e-5 and cv["node_clip"] < 1e-5, cv  # PCDMs Encode Source, either way
     if cv["dtype"] == cv["comfy_dtype"]:  # on a GPU; on a CPU ours compute in fp32 and ComfyUI stores fp16
         assert cv["shared"], "the encoder should use ComfyUI's tensors, not a copy"
+    assert cv["shared_in_storage_dtype"], "in ComfyUI's dtype the encoder should use ComfyUI's tensors, not a copy"
     assert "is DINOv2" in cv["wrong_kind"] and "CLIP" in cv["wrong_kind"], cv["wrong_kind"]
 
 
