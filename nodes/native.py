@@ -17,10 +17,9 @@ The conditioning tensors themselves come from ``pcdms_core.stages.conditions``; 
 from __future__ import annotations
 
 import json
+import types
 from dataclasses import asdict
 from typing import Any, Optional
-
-import types
 
 import torch
 
@@ -167,7 +166,6 @@ def _build_classes() -> types.SimpleNamespace:
             if transformer_options.get("block") == ("input", 0):
                 return h + self.features.to(h.dtype)
             return h
-
 
     class PCDMsUNet(UNetModel):
         """ComfyUI's UNet, with the stage-2 pose encoder (``pose_proj``) when the checkpoint has one."""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's screenshot: the demo-model paper workflow after a run in ComfyUI's real frontend, taken by the
-# real-browser test (tests/comfyui/test_comfyui_server.py::test_real_frontend_loads_and_queues_every_workflow).
+# real-browser test (tests/comfyui/test_comfyui_server.py::test_real_frontend_loads_every_workflow_and_runs_two).
 #
 #   scripts/make_screenshot.sh        # from the repository root, with the pack's .venv active
 #

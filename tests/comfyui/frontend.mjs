@@ -1,9 +1,12 @@
 // Drive ComfyUI's real frontend in headless Chromium (playwright-core): load every shipped workflow from the
-// template route, check that no node type is missing, queue it, and open the template browser.
-// Usage: node frontend.mjs URL PACK_DIR_NAME OUT_DIR WORKFLOW_NAME...   (prints one JSON line)
+// template route, check that no node type is missing, queue the ones marked "+", and open the template browser.
+// Usage: node frontend.mjs URL PACK_DIR_NAME OUT_DIR [+]WORKFLOW_NAME...   (prints one JSON line)
 import { chromium } from "playwright-core";
 
-const [url, pack, outDir, ...names] = process.argv.slice(2);
+const [url, pack, outDir, ...args] = process.argv.slice(2);
+// "+NAME": load and run the workflow; "NAME": load it only (the API tests run every workflow already)
+const names = args.map((a) => a.replace(/^\+/, ""));
+const toRun = new Set(args.filter((a) => a.startsWith("+")).map((a) => a.slice(1)));
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -22,7 +25,7 @@ for (const name of names) {
   const wf = await (await fetch(`${url}/api/workflow_templates/${pack}/${encodeURIComponent(name)}.json`)).json();
   const before = Object.keys(await (await fetch(`${url}/history`)).json());
   const shrink = !name.endsWith("(demo models)"); // the demo variants run as shipped (their own size)
-  const info = await page.evaluate(async ([wf, shrink]) => {
+  const info = await page.evaluate(async ([wf, shrink, run]) => {
     await window.app.loadGraphData(wf);
     const registered = window.LiteGraph.registered_node_types;
     const types = wf.nodes.map((n) => n.type);
@@ -32,12 +35,12 @@ for (const name of names) {
         for (const w of node.widgets) if (w.name === "width" || w.name === "height") w.value = 128;
       }
     }
-    await window.app.queuePrompt(0, 1);
+    if (run) await window.app.queuePrompt(0, 1);
     return { missing, loadedNodes: (window.app.graph.nodes ?? window.app.graph._nodes).length };
-  }, [wf, shrink]);
+  }, [wf, shrink, toRun.has(name)]);
   await page.keyboard.press("Escape");
   // wait for the queued prompt to finish, then take the picture (its previews show the results)
-  let status = null;
+  let status = toRun.has(name) ? null : "loaded";
   for (let i = 0; i < 1200 && status === null; i++) {
     await page.waitForTimeout(250);
     const hist = await (await fetch(`${url}/history`)).json();
