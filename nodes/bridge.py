@@ -9,7 +9,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -239,6 +239,22 @@ def vae_for_stage(vae, pixel_shape: tuple[int, ...]) -> tuple[Any, Any, int]:
     latent = (b, 4, h // codec.downscale, w // codec.downscale)
     memory = vae.memory_used_encode(pixel_shape, codec.dtype) + vae.memory_used_decode(latent, codec.dtype)
     return codec, vae.patcher, int(memory)
+
+
+# --- the encoded source -------------------------------------------------------------------------------------------
+
+def source_tokens(source, images: Optional[int] = None) -> torch.Tensor:
+    """The source's DINOv2 tokens (an error when it was encoded without DINOv2). With ``images``, the tokens for that
+    many images to refine: one source serves them all, or each source a whole number of them, in order."""
+    if source.tokens is None:
+        raise InputError("the source has no DINOv2 tokens: connect a DINOv2 loader to PCDMs Encode Source")
+    b = source.batch
+    if images is None or images == b or b == 1:
+        return source.tokens
+    if images % b:
+        raise InputError(f"{images} images to refine but {b} sources: give one source, or a whole number of images "
+                         "per source")
+    return source.tokens.repeat_interleave(images // b, dim=0)
 
 
 # --- progress, previews, images -------------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ from ..pcdms_core.networks.layers import ImageProjector, PoseEncoder, PoseEncode
 from ..pcdms_core.stages.conditions import StageConditions, inpaint_conditions, refine_conditions
 from ..pcdms_core.stages.loop import check_finite, check_finite_input, common_batch
 from .bridge import (
-    PCDMS_FOLDER, full_path, images_in, images_out, missing_model, model_files, output, reported, vae_for_stage,
+    PCDMS_FOLDER, full_path, images_in, images_out, missing_model, model_files, output, reported, source_tokens,
+    vae_for_stage,
 )
 from .types import PcdmsEmbedding, PcdmsSource, PcdmsVae, PoseKeypoint
 
@@ -485,8 +486,7 @@ def inpaint_conditioning(model, vae, source, *, embedding=None, source_pose=None
     from .stages import _pose_images
 
     m = native_model(model, "inpaint")
-    if source.tokens is None:
-        raise InputError("the source has no DINOv2 tokens: connect a DINOv2 loader to PCDMs Encode Source")
+    source_tokens(source)
     if m.pcdms_variant == "noprior" and embedding is not None:
         raise InputError("this MODEL is the no-prior stage 2, which takes no prior embedding: disconnect it (or load "
                          "a paper stage-2 file)")
@@ -513,13 +513,9 @@ def refine_conditioning(model, vae, source, image, *, seed=0, batch_size=1, star
                         coarse_latents: Optional[torch.Tensor] = None):
     """(positive, negative, latent) for a native stage-3 MODEL; ``image`` is a ComfyUI IMAGE batch."""
     m = native_model(model, "refine")
-    if source.tokens is None:
-        raise InputError("the source has no DINOv2 tokens: connect a DINOv2 loader to PCDMs Encode Source")
     coarse = images_in(image)
-    n, b = coarse.shape[0], source.batch
-    if n != b and b != 1 and n % b:
-        raise InputError(f"{n} images to refine but {b} sources: give one source, or a whole number of images per source")
-    tokens = source.tokens.repeat_interleave(n // b, dim=0) if n != b and b != 1 else source.tokens
+    n = coarse.shape[0]
+    tokens = source_tokens(source, n)
     w, h = source.size
     vae_model = _load_vae(vae, (n, 3, h, w))
     _check_vae_scale(m, vae_model)

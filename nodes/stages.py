@@ -31,7 +31,7 @@ from ..pcdms_core.stages.loop import (
     PRIOR_SCHEDULERS, UNET_SCHEDULERS, check_stage_settings, common_batch, steps_run,
 )
 from .bridge import (
-    ManagedModel, images_in, images_out, output, reported, step_callback, vae_for_stage, working_memory,
+    ManagedModel, images_in, images_out, output, reported, source_tokens, step_callback, vae_for_stage, working_memory,
 )
 from .types import PcdmsClip, PcdmsDino, PcdmsEmbedding, PcdmsModel, PcdmsSource, PcdmsVae, PoseKeypoint
 
@@ -196,8 +196,7 @@ def run_inpaint(model, vae, source: SourceFeatures, *, embedding=None, source_po
                 source_pose_image=None, target_pose_image=None, seed, steps, cfg, scheduler, batch_size):
     model = _stage_model(model, "inpaint")
     variant = model.info.variant
-    if source.tokens is None:
-        raise InputError("the source has no DINOv2 tokens: connect a DINOv2 loader to PCDMs Encode Source")
+    source_tokens(source)
     if variant == "paper" and embedding is None:
         raise InputError("the paper inpainting checkpoint needs the prior's embedding: connect PCDMs Prior")
     if variant == "noprior" and embedding is not None:
@@ -276,15 +275,11 @@ class PCDMsInpaint(io.ComfyNode):
 def run_refine(model, vae, source: SourceFeatures, coarse, *, seed, steps, cfg, cfg_rescale, scheduler, strength=1.0):
     """``coarse``: uint8 [N, 3, H, W] images to refine."""
     model = _stage_model(model, "refine")
-    if source.tokens is None:
-        raise InputError("the source has no DINOv2 tokens: connect a DINOv2 loader to PCDMs Encode Source")
+    tokens = source_tokens(source, coarse.shape[0])
     rescale = None if cfg_rescale < 0 else cfg_rescale
     check_stage_settings("refine", steps=steps, guidance_scale=cfg, guidance_rescale=rescale, scheduler=scheduler,
                          strength=strength, seed=seed)
-    n, b = coarse.shape[0], source.batch
-    if n != b and (b == 0 or n % b):
-        raise InputError(f"{n} images to refine but {b} sources: give one source, or a whole number of images per source")
-    tokens = source.tokens.repeat_interleave(n // b, dim=0) if n != b else source.tokens
+    n = coarse.shape[0]
     w, h = source.size
     vae_model, vae_patcher, vae_memory = vae_for_stage(vae, (n, 3, h, w))
     memory = working_memory(2 * n, h // 8, w // 8, model.dtype) + vae_memory

@@ -323,3 +323,20 @@ def test_load_pose_canvas_needs_both_sides(env):
         run(env, "PCDMsLoadPose", pose_file="pose_a.json", person=-1, canvas_width=512, canvas_height=0)
     keypoints, skeleton = run(env, "PCDMsLoadPose", pose_file="pose_a.json", person=-1, canvas_width=0, canvas_height=0)
     assert keypoints and skeleton.ndim == 4
+
+
+def test_source_tokens_rule_for_refining(env):
+    """One helper decides which source tokens go with the images to refine, for the stage node and the native
+    path alike: one source for all, or a whole number of images per source, in order."""
+    from pcdms_core import SourceFeatures
+
+    bridge, error = env.pack.nodes.bridge, env.pack.pcdms_core.InputError
+    pixels = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    tokens = torch.arange(2.0).reshape(2, 1, 1)
+    two = SourceFeatures(pixels=pixels, size=(8, 8), tokens=tokens)
+    assert torch.equal(bridge.source_tokens(two, 4)[:, 0, 0], torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert bridge.source_tokens(two, 2) is tokens
+    with pytest.raises(error, match="3 images to refine but 2 sources"):
+        bridge.source_tokens(two, 3)
+    with pytest.raises(error, match="no DINOv2 tokens"):
+        bridge.source_tokens(SourceFeatures(pixels=pixels, size=(8, 8)))
